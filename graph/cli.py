@@ -1,0 +1,175 @@
+"""The `emafusion` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from emafusion.stores.cost import Prices, per_1k
+from emafusion.stores.download import DATASETS, DataError, dataset_files, resolve_data_dir
+from emafusion.stores.pool import (
+    COST_ESTIMATED,
+    Pool,
+    PoolError,
+    load_default_pool,
+    load_pool,
+    recorded_call_cost,
+)
+from emafusion.stores.recordings import RecordSet, load_dataset, write_jsonl
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=DATASETS, help="a published recording set")
+    source.add_argument(
+        "--recordings", type=Path, metavar="FILE.jsonl", help="your own recordings (JSON Lines)"
+    )
+    parser.add_argument(
+        "--pool", type=Path, metavar="FILE", help="pool file (TOML) for prices; default per dataset"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="recordings directory (default: $EMAFUSION_DATA_DIR, ...)"
+    )
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip invalid JSONL lines (and count them) instead of stopping at the first",
+    )
+
+
+def _load(args: argparse.Namespace) -> RecordSet:
+    return load_dataset(
+        dataset=args.dataset,
+        recordings=args.recordings,
+        data_dir=args.data_dir,
+        skip_invalid=args.skip_invalid,
+    )
+
+
+def _pool_for(args: argparse.Namespace, records: RecordSet) -> Pool | None:
+    if args.pool is not None:
+        return load_pool(args.pool)
+    name = args.dataset or records.name
+    try:
+        return load_default_pool(name)
+    except PoolError:
+        return None
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    records = _load(args)
+    pool = _pool_for(args, records)
+    print(f"dataset {records.name}: {len(records):,} records from {records.source}")
+    for note in records.notes:
+        print(f"  note: {note}")
+    if records.skipped:
+        print(f"  skipped {records.skipped:,} invalid lines")
+    published = records.published_row_cost_per_1k
+    header = f"{'model':<36} {'records':>8} {'accuracy':>9} {'cost/1k USD':>12}"
+    if published:
+        header += f" {'per row':>9}"
+    print(header)
+    any_estimated = False
+    for model in records.models:
+        outcomes = [r.outcomes[model] for r in records.records if model in r.outcomes]
+        recs = [r for r in records.records if model in r.outcomes]
+        accuracy = sum(o.score for o in outcomes) / len(outcomes)
+        costs: list[float] = []
+        estimated = False
+        for record, outcome in zip(recs, outcomes, strict=True):
+            if outcome.cost_usd is None and (pool is None or model not in pool.names):
+                continue
+            prices = pool.get(model).prices if pool and model in pool.names else Prices(0, 0)
+            _, cost, source = recorded_call_cost(prices, record.query, outcome)
+            costs.append(cost)
+            estimated |= source == COST_ESTIMATED
+        cost_text = f"{per_1k(sum(costs) / len(costs)):.3f}" if costs else "n/a"
+        if estimated:
+            cost_text += "*"
+            any_estimated = True
+        line = f"{model:<36} {len(outcomes):>8,} {accuracy:>9.4f} {cost_text:>12}"
+        if published:
+            line += f" {published.get(model, float('nan')):>9.3f}"
+        print(line)
+    if any_estimated:
+        print(
+            "  * list prices x estimated tokens (about 4 characters a token, zero-shot prompt); "
+            "not recorded"
+        )
+    if published:
+        print(
+            "  cost/1k: mean recorded cost over the merged queries. per row: mean over the "
+            "published rows before merging (the data README's figure; duplicated rows repeat "
+            "the prompt and its cost)."
+        )
+    sizes = records.split_sizes()
+    print("splits: " + "  ".join(f"{name} {n:,}" for name, n in sizes.items()))
+    return 0
+
+
+def cmd_data_export(args: argparse.Namespace) -> int:
+    records = _load(args)
+    count = write_jsonl(records.records, args.out)
+    print(f"wrote {count:,} records to {args.out}")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    for dataset in args.dataset or DATASETS:
+        paths = dataset_files(dataset, args.data_dir)
+        print(f"{dataset}: {len(paths)} files verified in {paths[0].parent}")
+    return 0
+
+
+def cmd_data_path(args: argparse.Namespace) -> int:
+    print(resolve_data_dir())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emafusion",
+        description="A self-optimizing LLM router built as a LangGraph graph.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = commands.add_parser("data", help="recordings: check, export, fetch, path")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    check = data_commands.add_parser(
+        "check", help="per model: records, accuracy, cost per 1k queries; split sizes"
+    )
+    _add_source_args(check)
+    check.set_defaults(handler=cmd_data_check)
+
+    export = data_commands.add_parser("export", help="write recordings as JSON Lines")
+    _add_source_args(export)
+    export.add_argument("--out", type=Path, required=True, metavar="FILE.jsonl")
+    export.set_defaults(handler=cmd_data_export)
+
+    fetch = data_commands.add_parser("fetch", help="download and verify the published recordings")
+    fetch.add_argument("--dataset", choices=DATASETS, action="append")
+    fetch.add_argument("--data-dir", type=Path)
+    fetch.set_defaults(handler=cmd_data_fetch)
+
+    path = data_commands.add_parser("path", help="print the resolved data directory")
+    path.set_defaults(handler=cmd_data_path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (DataError, PoolError) as exc:
+        print(f"emafusion: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

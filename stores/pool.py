@@ -96,6 +96,14 @@ class ModelSpec(BaseModel):
         return self.model or self.name
 
 
+def _close_names(name: str, known: Sequence[str]) -> list[str]:
+    """Names a typo most likely meant: shared prefixes first, then fuzzy matches."""
+    key = name.lower()
+    prefix = [k for k in known if k.lower().startswith(key) or key.startswith(k.lower())]
+    fuzzy = difflib.get_close_matches(name, list(known), n=3)
+    return list(dict.fromkeys(prefix + fuzzy))[:3]
+
+
 class Pool(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -118,7 +126,7 @@ class Pool(BaseModel):
         for spec in self.models:
             if spec.name == name:
                 return spec
-        close = difflib.get_close_matches(name, self.names, n=3)
+        close = _close_names(name, self.names)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise PoolError(
             f"unknown model {name!r}: not in the pool ({', '.join(self.names)}).{hint} "
@@ -134,7 +142,7 @@ class Pool(BaseModel):
         available = set(records.models)
         for spec in self.models:
             if spec.provider == "replay" and spec.name not in available:
-                close = difflib.get_close_matches(spec.name, sorted(available), n=3)
+                close = _close_names(spec.name, sorted(available))
                 hint = f" Close names: {', '.join(close)}." if close else ""
                 raise PoolError(
                     f"pool model {spec.name!r} (provider 'replay') has no recordings in "

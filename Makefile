@@ -1,0 +1,35 @@
+# Two commands for a fresh machine: `make eval` (install + main job), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned to the CPU build: left to the resolver, torch pulls several GB of
+# CUDA wheels. Elsewhere, point pip at the CPU wheels, e.g.
+#   make eval TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: install eval test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The main job. Until the evaluation lands it checks the recordings end to end.
+eval: install
+	$(BIN)/emafusion data check --dataset mmlu-pro
+	$(BIN)/emafusion data check --dataset routerbench
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy graph nodes stores
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from emafusion.graph.cli_ask import add_ask_commands
+from emafusion.graph.cli_memory import add_memory_commands
 from emafusion.stores.cost import Prices, per_1k
 from emafusion.stores.download import DATASETS, DataError, dataset_files, resolve_data_dir
 from emafusion.stores.pool import (
@@ -158,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     path = data_commands.add_parser("path", help="print the resolved data directory")
     path.set_defaults(handler=cmd_data_path)
+
+    add_memory_commands(commands)
+    add_ask_commands(commands)
     return parser
 
 
@@ -166,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (DataError, PoolError) as exc:
+    except (DataError, PoolError, ValueError) as exc:
         print(f"emafusion: error: {exc}", file=sys.stderr)
         return 2
 

@@ -18,8 +18,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from emafusion.stores.cost import Prices, Usage, cost_usd, estimate_usage
-from emafusion.stores.recordings import Outcome, Record, RecordSet, normalize_query
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
@@ -29,6 +27,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from emafusion.stores.cost import Prices, Usage, cost_usd, estimate_usage
+from emafusion.stores.recordings import Outcome, Record, RecordSet, normalize_query
 
 COST_RECORDED = "recorded"
 COST_ESTIMATED = "list_price_x_estimated_tokens"

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from emafusion.stores.answers import LETTERS, extract_choice
 from emafusion.stores.download import DataError, dataset_files
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
@@ -83,20 +84,28 @@ def normalize_query(text: str) -> str:
     return " ".join(text.split())
 
 
-_WORKED_EXAMPLE_SEPARATOR = "\n\n"
+_BLOCK_SEPARATOR = "\n\n"
+# A worked example carries its own answer: "Answer:" followed by text on the next line.
+_SOLVED_EXAMPLE = re.compile(r"Answer:\s*\n\s*\S")
+
+
+def routing_text(query: str) -> str:
+    """The part of a query that says what is asked, for embedding.
+
+    Few-shot prompts open with worked examples (RouterBench's Winogrande prompts all share
+    the same ones); embedded as is, every query would look alike. When earlier blocks carry
+    solved examples, routing embeds only the final block, the question itself. The model
+    still sees the whole prompt.
+    """
+    head, sep, last = query.rpartition(_BLOCK_SEPARATOR)
+    if sep and last.strip() and _SOLVED_EXAMPLE.search(head):
+        return last.strip()
+    return query
 
 
 def embedding_text(record: Record) -> str:
-    """The text to embed for routing.
-
-    RouterBench prompts open with the same worked examples (Winogrande's are identical for
-    every query); embedded as is, every query would look alike. The question itself is
-    the last blank-line-separated block, so routing embeds only that. The model still
-    sees the whole prompt.
-    """
-    if record.dataset == "routerbench" and _WORKED_EXAMPLE_SEPARATOR in record.query:
-        return record.query.rsplit(_WORKED_EXAMPLE_SEPARATOR, 1)[1].strip()
-    return record.query
+    """The text a record is embedded by; the same rule as for live queries."""
+    return routing_text(record.query)
 
 
 @dataclass

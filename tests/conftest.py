@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from emafusion.stores.download import resolve_data_dir
 from emafusion.stores.recordings import RecordSet, load_dataset
 

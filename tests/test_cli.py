@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from emafusion.graph.cli import main
 from emafusion.stores.recordings import RecordSet, write_jsonl
 

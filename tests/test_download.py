@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from emafusion.stores.download import (
     DATA_DIR_ENV,
     DATA_MIRROR_ENV,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from emafusion.stores.pool import (
     PoolError,
     build_chat_model,

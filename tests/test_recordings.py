@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from emafusion.stores.download import ChecksumMismatchError, dataset_files
 from emafusion.stores.recordings import (
     Record,

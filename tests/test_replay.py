@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessageChunk, HumanMessage
+
 from emafusion.stores.cost import estimate_usage
 from emafusion.stores.pool import (
     COST_ESTIMATED,
@@ -15,8 +18,6 @@ from emafusion.stores.pool import (
     load_default_pool,
 )
 from emafusion.stores.recordings import RecordSet
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessageChunk, HumanMessage
 
 
 def _model(records: RecordSet, name: str) -> ReplayChatModel:

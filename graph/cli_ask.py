@@ -1,0 +1,156 @@
+"""`emafusion ask` and `emafusion graph`: route one query; draw the router."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from emafusion.graph.context import Context
+from emafusion.graph.render import to_dot, to_mermaid, to_png
+from emafusion.graph.router import graph
+from emafusion.nodes.invoke import MODEL_TAG
+from emafusion.stores.pool import COST_RECORDED
+from emafusion.stores.recordings import load_dataset
+
+
+def context_from_args(args: argparse.Namespace) -> Context:
+    return Context(
+        dataset=None if args.recordings else args.dataset,
+        recordings=str(args.recordings) if args.recordings else None,
+        pool=str(args.pool) if args.pool else None,
+        router_dir=str(args.router_dir) if args.router_dir else None,
+        escalation_threshold=args.threshold,
+        max_levels=args.max_levels,
+        budget_usd=args.budget,
+        record_outcomes=not args.no_record,
+        save_memory=args.save_memory,
+    )
+
+
+def _describe_event(event: dict[str, Any]) -> str:
+    kind = event.get("emafusion", "?")
+    if kind == "classified":
+        category, mode = event["category"], event["route_mode"]
+        return f"classified: {category} ({event['confidence']:.2f}) -> {mode}"
+    if kind == "predicted":
+        return f"predicted: candidates {', '.join(event['candidates'])}"
+    if kind == "invoking":
+        return f"invoking: {event['model']} (level {event['level']})"
+    if kind == "failed":
+        return f"failed: {event['model']}: {event['error']}"
+    if kind == "judged":
+        conf = event["confidence"]
+        shown = "n/a" if conf is None else f"{conf:.3f}"
+        return f"judged: {event['model']} confidence {shown} -> {event['decision']}"
+    if kind == "escalating":
+        return f"escalating: to {event['to']}"
+    if kind == "returned":
+        return f"returned: {event['model']}"
+    return f"{kind}: {json.dumps({k: v for k, v in event.items() if k != 'emafusion'})}"
+
+
+async def _run(query: str, record_id: str | None, context: Context, stream: bool) -> dict[str, Any]:
+    inputs: dict[str, Any] = {"query": query, "record_id": record_id}
+    if not stream:
+        return await graph.ainvoke(inputs, context=context)
+    final: dict[str, Any] = {}
+    in_tokens = False
+    async for mode, payload in graph.astream(
+        inputs,
+        context=context,
+        stream_mode=["custom", "messages", "values"],
+    ):
+        if mode == "custom":
+            if in_tokens:
+                print(file=sys.stderr)
+                in_tokens = False
+            print(f"[{_describe_event(payload)}]", file=sys.stderr)
+        elif mode == "messages":
+            chunk, metadata = payload
+            if MODEL_TAG in metadata.get("tags", []) and chunk.text:
+                print(chunk.text, end="", file=sys.stderr, flush=True)
+                in_tokens = True
+        elif mode == "values":
+            final = payload
+    return final
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    query = args.question
+    if args.record_id:
+        records = load_dataset(dataset=args.dataset, recordings=args.recordings)
+        record = records.get(args.record_id)
+        if record is None:
+            raise ValueError(
+                f"record {args.record_id!r} is not in {records.name}. Fix: use an id such as "
+                f"{records.records[0].id!r} (see `emafusion data export`)."
+            )
+        query = record.query
+    if not query:
+        raise ValueError("ask needs a QUESTION or --record-id ID")
+    context = context_from_args(args)
+    result = asyncio.run(_run(query, args.record_id, context, args.stream))
+    attempts_event = next(
+        (e for e in reversed(result.get("trace", [])) if e["event"] == "returned"), None
+    )
+    path = result.get("escalation_path", [])
+    print(f"answer:     {(result.get('answer') or '(none)').strip()[:2000]}")
+    print(f"model:      {result.get('model') or '(none)'}")
+    print(f"path:       {' -> '.join(path) if path else '(no model tried)'}")
+    confidence = result.get("confidence")
+    print(f"confidence: {'n/a' if confidence is None else f'{confidence:.3f}'}")
+    sources = attempts_event["data"].get("cost_sources", []) if attempts_event else []
+    estimated = any(source != COST_RECORDED for source in sources)
+    note = " (list prices x estimated tokens)" if estimated else ""
+    print(f"cost:       ${result.get('cost_usd', 0.0):.6f}{note}")
+    if attempts_event and not attempts_event["data"].get("answered"):
+        print(
+            "no model answered: replay models answer only recorded queries (use --record-id), "
+            "or configure a pool of live models (--pool).",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    if args.format == "png":
+        if args.out is None:
+            raise ValueError("--format png needs --out FILE.png")
+        to_png(args.out)
+        print(f"wrote {args.out}")
+        return 0
+    text = to_mermaid() if args.format == "mermaid" else to_dot()
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_ask_commands(commands: argparse._SubParsersAction) -> None:
+    ask = commands.add_parser("ask", help="route one query through the graph")
+    ask.add_argument("question", nargs="?", default="", help="the query (or --record-id)")
+    source = ask.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=("mmlu-pro", "routerbench"), default="mmlu-pro")
+    source.add_argument("--recordings", type=Path, metavar="FILE.jsonl")
+    ask.add_argument("--record-id", help="replay a recorded query end to end")
+    ask.add_argument("--pool", type=Path, metavar="FILE")
+    ask.add_argument("--router-dir", type=Path, help="built router artifacts")
+    ask.add_argument("--stream", action="store_true", help="show decisions and tokens live")
+    ask.add_argument("--threshold", type=float, default=Context.escalation_threshold)
+    ask.add_argument("--max-levels", type=int, default=Context.max_levels)
+    ask.add_argument("--budget", type=float, default=None, help="USD per query")
+    ask.add_argument("--no-record", action="store_true", help="do not learn from this query")
+    ask.add_argument("--save-memory", action="store_true", help="persist what was learned")
+    ask.set_defaults(handler=cmd_ask)
+
+    draw = commands.add_parser("graph", help="draw the router graph")
+    draw.add_argument("--format", choices=("mermaid", "dot", "png"), default="mermaid")
+    draw.add_argument("--out", type=Path)
+    draw.set_defaults(handler=cmd_graph)

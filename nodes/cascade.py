@@ -1,0 +1,52 @@
+"""Turning per-model predictions into the ordered list of models to try."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from emafusion.graph.state import Candidate
+from emafusion.stores.cost import cost_usd as usd_for
+from emafusion.stores.cost import estimate_usage
+from emafusion.stores.pool import ModelSpec
+
+# A model with no cost history is priced as if it answered with this many tokens.
+ASSUMED_OUTPUT_TOKENS = 256
+
+
+def list_price_estimate(spec: ModelSpec, query: str) -> float:
+    """Expected USD of one call from list prices and estimated tokens."""
+    return usd_for(spec.prices, estimate_usage(query, "x" * 4 * ASSUMED_OUTPUT_TOKENS))
+
+
+def plan_cascade(
+    options: Iterable[Candidate],
+    max_levels: int,
+    min_p_success: float = 0.0,
+    cost_weight: float = 0.0,
+) -> list[Candidate]:
+    """The models to try, cheapest first.
+
+    1. Models below `min_p_success` are not credible (unless none is: then the best one).
+    2. Sorted by expected cost, a model is kept only if it beats every cheaper kept model:
+       never pay more for a predicted success a cheaper model already offers.
+    3. The top of the cascade maximizes p - cost_weight * (USD per 1k queries); costlier
+       models beyond it are not worth their price at this weight.
+    4. Longer than `max_levels`: keep the cheapest levels and the top.
+    """
+    pool = sorted(options, key=lambda c: (c["expected_cost_usd"], -c["p_success"], c["model"]))
+    if not pool:
+        return []
+    credible = [c for c in pool if c["p_success"] >= min_p_success]
+    if not credible:
+        credible = [max(pool, key=lambda c: c["p_success"])]
+    frontier: list[Candidate] = []
+    for candidate in credible:
+        if not frontier or candidate["p_success"] > frontier[-1]["p_success"]:
+            frontier.append(candidate)
+    utility = [c["p_success"] - cost_weight * 1000.0 * c["expected_cost_usd"] for c in frontier]
+    top = max(range(len(frontier)), key=lambda i: (utility[i], -i))
+    frontier = frontier[: top + 1]
+    levels = max(1, max_levels)
+    if len(frontier) > levels:
+        frontier = frontier[: levels - 1] + [frontier[-1]]
+    return frontier

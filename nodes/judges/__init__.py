@@ -1,0 +1,66 @@
+"""The judge interface and registry.
+
+A judge scores one answer: a confidence in [0, 1] that it is right, with what judging
+cost. Judges register by name; `Context.judges` selects them, and the graph fans out to
+each through `Send` without knowing which exist. A new judge (an LLM judge, a learned
+verifier) is a class with `name` and `score`, registered here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from emafusion.graph.context import Context
+from emafusion.graph.state import JudgeTask
+
+if TYPE_CHECKING:
+    from emafusion.nodes.resources import RouterResources
+
+
+@dataclass(frozen=True)
+class JudgeResult:
+    score: float
+    cost_usd: float = 0.0
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"judge score must be in [0, 1], got {self.score}")
+
+
+class Judge(Protocol):
+    name: str
+
+    async def score(
+        self, task: JudgeTask, resources: RouterResources, context: Context
+    ) -> JudgeResult: ...
+
+
+_REGISTRY: dict[str, Judge] = {}
+
+
+def register_judge(judge: Judge) -> Judge:
+    _REGISTRY[judge.name] = judge
+    return judge
+
+
+def get_judge(name: str) -> Judge:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown judge {name!r}; registered: {', '.join(sorted(_REGISTRY))}. Fix: correct "
+            f"Context.judges or register the judge with register_judge()."
+        ) from None
+
+
+def registered_judges() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    # Imported lazily: the built-in judges import this module for the interface.
+    from emafusion.nodes.judges import answer_format, prior  # noqa: F401

@@ -1,0 +1,70 @@
+"""predict: the learned router over the outcome memory.
+
+Asked when the taxonomy is unsure (all pool models are candidates), or to re-rank a
+confident taxonomy's suitable models by how similar past queries went (hybrid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+from langgraph.runtime import Runtime
+
+from emafusion.graph.context import Context
+from emafusion.graph.state import Candidate, RouterState
+from emafusion.nodes.cascade import list_price_estimate, plan_cascade
+from emafusion.nodes.events import emit
+from emafusion.nodes.resources import load_resources
+
+
+async def predict(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
+    context = runtime.context or Context()
+    resources = await asyncio.to_thread(load_resources, context)
+    refine = state.get("route_mode") == "taxonomy"
+    models = [c["model"] for c in state.get("candidates", [])] if refine else resources.pool.names
+    vector = np.asarray(state["query_vector"], dtype=np.float32)
+    predictions = resources.memory.predict(
+        vector, models, k=context.k, category=state.get("category")
+    )
+    options = []
+    for model in models:
+        prediction = predictions[model]
+        cost = prediction.expected_cost_usd
+        if cost is None:
+            cost = list_price_estimate(resources.spec(model), state["query"])
+        options.append(
+            Candidate(
+                model=model,
+                # Untried models get their exploration bonus so they are tried, then judged.
+                p_success=prediction.ucb if prediction.n_eff < 1.0 else prediction.p_success,
+                expected_cost_usd=cost,
+                source="memory" if prediction.n_eff > 0 else "prior",
+            )
+        )
+    candidates = plan_cascade(
+        options, context.max_levels, context.min_p_success, context.cost_weight
+    )
+    best_evidence = max(predictions.values(), key=lambda p: p.n_eff)
+    event = emit(
+        runtime,
+        "predicted",
+        route_mode="hybrid" if refine else "learned",
+        predictions={
+            m: {
+                "p_success": round(p.p_success, 4),
+                "n_eff": round(p.n_eff, 2),
+                "prior": round(p.prior, 4),
+                "expected_cost_usd": p.expected_cost_usd,
+            }
+            for m, p in predictions.items()
+        },
+        neighbours=list(best_evidence.evidence.query_ids[:5]),
+        candidates=[c["model"] for c in candidates],
+    )
+    return {
+        "candidates": candidates,
+        "route_mode": "hybrid" if refine else "learned",
+        "trace": [event],
+    }

@@ -1,0 +1,59 @@
+"""record: every judged outcome goes back into the memory; the router learns from traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any
+
+import numpy as np
+from langgraph.runtime import Runtime
+
+from emafusion.graph.context import Context
+from emafusion.graph.state import RouterState
+from emafusion.nodes.events import emit
+from emafusion.nodes.resources import load_resources
+from emafusion.stores.memory import OutcomeRecord
+
+logger = logging.getLogger(__name__)
+
+
+def live_query_id(state: RouterState) -> str:
+    if state.get("record_id"):
+        return str(state["record_id"])
+    return "live/" + hashlib.sha256(state["query"].encode()).hexdigest()[:32]
+
+
+async def record(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
+    context = runtime.context or Context()
+    if not context.record_outcomes or "query_vector" not in state:
+        return {}
+    outcomes = [
+        OutcomeRecord(
+            model=a["model"],
+            score=float(a["confidence"]),
+            source="live_judged",
+            cost_usd=a["cost_usd"],
+            latency_s=a["latency_ms"] / 1000.0,
+        )
+        for a in state.get("attempts", [])
+        if a["status"] == "answered" and a["confidence"] is not None
+    ]
+    if not outcomes:
+        return {}
+    resources = await asyncio.to_thread(load_resources, context)
+    query_id = live_query_id(state)
+    vector = np.asarray(state["query_vector"], dtype=np.float32)
+    category = state.get("category")
+
+    def write() -> None:
+        with resources.memory_lock:
+            known = query_id in resources.memory
+            resources.memory.add(query_id, None if known else vector, outcomes, category)
+            if context.save_memory and resources.router_dir is not None:
+                resources.memory.save(resources.router_dir / "memory")
+
+    await asyncio.to_thread(write)
+    event = emit(runtime, "recorded", query_id=query_id, models=[o.model for o in outcomes])
+    return {"trace": [event]}

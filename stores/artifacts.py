@@ -1,0 +1,169 @@
+"""A router's learned artifacts: the outcome memory and the category classifier.
+
+Both are fit on the recordings of the splits asked for (train by default); nothing reads
+validation or test unless a caller names them. They live together in one directory:
+
+    <dir>/memory/          OutcomeMemory (versioned, atomic saves)
+    <dir>/classifier.npz   CategoryClassifier
+    <dir>/ROUTER.json      what was built from what
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+
+from emafusion.stores.embeddings import Embedder
+from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord
+from emafusion.stores.pool import Pool, recorded_call_cost
+from emafusion.stores.recordings import Record, RecordSet, Split, embedding_text
+from emafusion.stores.taxonomy import CategoryClassifier, Taxonomy, extend_taxonomy
+
+ROUTER_MANIFEST = "ROUTER.json"
+
+
+class ArtifactsError(ValueError):
+    pass
+
+
+@dataclass
+class RouterArtifacts:
+    memory: OutcomeMemory
+    classifier: CategoryClassifier
+    info: dict[str, object]
+
+    def save(self, directory: Path | str) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.memory.save(directory / "memory")
+        self.classifier.save(directory / "classifier.npz")
+        _write_json_atomic(directory / ROUTER_MANIFEST, self.info)
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path | str, embedder_id: str | None = None) -> RouterArtifacts:
+        directory = Path(directory)
+        manifest = directory / ROUTER_MANIFEST
+        if not manifest.is_file():
+            raise ArtifactsError(
+                f"{directory}: no router artifacts ({ROUTER_MANIFEST} missing). Fix: build them "
+                f"with `emafusion memory build --dataset NAME --out {directory}`."
+            )
+        info = json.loads(manifest.read_text())
+        memory = OutcomeMemory.load(directory / "memory", expected_embedder_id=embedder_id)
+        classifier = CategoryClassifier.load(directory / "classifier.npz", embedder_id)
+        return cls(memory, classifier, info)
+
+
+def _write_json_atomic(path: Path, data: object) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def default_router_dir(name: str) -> Path:
+    return Path(platformdirs.user_cache_dir("emafusion")) / "router" / name
+
+
+def outcome_records(record: Record, pool: Pool | None) -> list[OutcomeRecord]:
+    """A recording's outcomes as memory entries, each costed by the one cost function."""
+    out = []
+    for model, outcome in record.outcomes.items():
+        cost: float | None = outcome.cost_usd
+        if pool is not None and model in pool.names:
+            _, cost, _ = recorded_call_cost(pool.get(model).prices, record.query, outcome)
+        out.append(
+            OutcomeRecord(model=model, score=outcome.score, source="recording", cost_usd=cost)
+        )
+    return out
+
+
+def embed_records(records: Sequence[Record], embedder: Embedder) -> np.ndarray:
+    return embedder.embed([embedding_text(r) for r in records])
+
+
+def build_memory(
+    records: Sequence[Record],
+    vectors: np.ndarray,
+    embedder: Embedder,
+    pool: Pool | None,
+    settings: MemorySettings | None = None,
+) -> OutcomeMemory:
+    memory = OutcomeMemory(embedder.dim, embedder.id, settings)
+    memory.add_many(
+        [r.id for r in records],
+        vectors,
+        [outcome_records(r, pool) for r in records],
+        [r.category for r in records],
+    )
+    return memory
+
+
+def build_classifier(
+    records: Sequence[Record], vectors: np.ndarray, embedder: Embedder, taxonomy: Taxonomy
+) -> CategoryClassifier:
+    """kNN over the records' labelled vectors plus the taxonomy's own descriptions/examples."""
+    taxonomy = extend_taxonomy(taxonomy, [r.category for r in records])
+    seeds = [(c.name, text) for c in taxonomy.categories for text in c.seed_texts]
+    seed_vectors = (
+        embedder.embed([t for _, t in seeds]) if seeds else np.zeros((0, embedder.dim), np.float32)
+    )
+    all_vectors = np.vstack([vectors, seed_vectors]).astype(np.float32)
+    labels = [r.category for r in records] + [name for name, _ in seeds]
+    classifier = CategoryClassifier.fit(taxonomy.names, all_vectors, labels, embedder.id)
+    classifier.fitted_on = {"records": len(records), "seed_texts": len(seeds)}
+    return classifier
+
+
+def build_router_artifacts(
+    records: RecordSet,
+    embedder: Embedder,
+    taxonomy: Taxonomy,
+    pool: Pool | None,
+    splits: Sequence[Split] = ("train",),
+    calibrate_on: Split | None = None,
+    settings: MemorySettings | None = None,
+) -> RouterArtifacts:
+    """Fit memory and classifier on `splits`; calibrate the classifier on `calibrate_on`."""
+    if calibrate_on is not None and calibrate_on in splits:
+        raise ArtifactsError(
+            f"calibrating on {calibrate_on!r}, a split the classifier was fit on, would "
+            f"overstate its confidence. Fix: calibrate on a held-out split."
+        )
+    fit_records = records.split(*splits)
+    if not fit_records:
+        raise ArtifactsError(f"{records.name}: no records in splits {list(splits)}.")
+    vectors = embed_records(fit_records, embedder)
+    memory = build_memory(fit_records, vectors, embedder, pool, settings)
+    classifier = build_classifier(fit_records, vectors, embedder, taxonomy)
+    info: dict[str, object] = {
+        "dataset": records.name,
+        "source": records.source,
+        "splits": list(splits),
+        "records": len(fit_records),
+        "embedder_id": embedder.id,
+        "models": memory.models,
+        "built_at": time.time(),
+    }
+    if calibrate_on is not None:
+        held_out = records.split(calibrate_on)
+        if held_out:
+            loss = classifier.calibrate(
+                embed_records(held_out, embedder), [r.category for r in held_out]
+            )
+            info["classifier_calibration"] = {"split": calibrate_on, "log_loss": loss}
+    return RouterArtifacts(memory, classifier, info)

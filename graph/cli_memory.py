@@ -41,7 +41,7 @@ def taxonomy_for(args: argparse.Namespace, records: RecordSet) -> Taxonomy:
         return load_taxonomy(default_taxonomy_path(args.dataset or records.name))
     except ValueError:
         # A user's recordings without a taxonomy file: categories come from the labels.
-        return Taxonomy(categories=[{"name": c} for c in records.categories])
+        return Taxonomy.from_names(records.categories)
 
 
 def cmd_memory_build(args: argparse.Namespace) -> int:

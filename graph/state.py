@@ -78,6 +78,9 @@ class RouterState(TypedDict):
     category_probs: NotRequired[dict[str, float]]
     category: NotRequired[str | None]
     route_mode: NotRequired[RouteMode]
+    # Every model considered, with its prediction; the cascade is planned from these, and
+    # replanned from them when a model fails.
+    options: NotRequired[list[Candidate]]
     candidates: NotRequired[list[Candidate]]
     attempts: NotRequired[list[Attempt]]
     # Judges run in parallel (Send); their verdicts meet through this reducer.

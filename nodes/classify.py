@@ -50,7 +50,7 @@ async def llm_category_probs(
     return probs
 
 
-def suitable_candidates(
+def suitable_options(
     resources: RouterResources, category: str, context: Context, query: str
 ) -> list[Candidate]:
     """Models whose training accuracy in `category` is within a margin of its best."""
@@ -59,7 +59,7 @@ def suitable_candidates(
     if not in_pool:
         return []
     best = max(s.mean_score for s in in_pool.values())
-    options = [
+    return [
         Candidate(
             model=model,
             p_success=s.mean_score,
@@ -71,7 +71,6 @@ def suitable_candidates(
         for model, s in in_pool.items()
         if s.mean_score >= best - context.suitability_margin
     ]
-    return plan_cascade(options, context.max_levels, context.min_p_success, context.cost_weight)
 
 
 async def classify(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -89,7 +88,10 @@ async def classify(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
     top = int(np.argmax(probs))
     category, confidence = names[top], float(probs[top])
     confident = confidence >= context.taxonomy_threshold
-    candidates = suitable_candidates(resources, category, context, query) if confident else []
+    options = suitable_options(resources, category, context, query) if confident else []
+    candidates = plan_cascade(
+        options, context.max_levels, context.min_p_success, context.cost_weight
+    )
     mode = "taxonomy" if candidates else "learned"
     shown = sorted(zip(names, probs.tolist(), strict=True), key=lambda x: -x[1])[:5]
     event = emit(
@@ -107,6 +109,7 @@ async def classify(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
         "category_probs": {n: float(p) for n, p in zip(names, probs, strict=True)},
         "category": category if confident else None,
         "route_mode": mode,
+        "options": options,
         "candidates": candidates,
         "attempts": [],
         "started_at": started,

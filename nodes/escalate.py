@@ -50,7 +50,7 @@ async def decide(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any
         decision = "return"
     elif not remaining:
         decision = "exhausted"
-    elif index + 1 >= context.max_levels:
+    elif sum(1 for a in attempts if a["status"] == "answered") >= context.max_levels:
         decision = "max_levels"
     elif (
         context.budget_usd is not None

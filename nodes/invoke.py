@@ -12,7 +12,8 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, RetryPolicy
 
 from emafusion.graph.context import Context
-from emafusion.graph.state import Attempt, RouterState
+from emafusion.graph.state import Attempt, Candidate, RouterState
+from emafusion.nodes.cascade import plan_cascade
 from emafusion.nodes.events import emit
 from emafusion.nodes.resources import load_resources
 from emafusion.stores.pool import RECORD_ID_KEY, ModelUnavailableError, call_cost
@@ -110,9 +111,27 @@ async def model_failed(
     text = f"{kind}: {str(exc)[:200]}" if str(exc) else kind
     attempt = _attempt(model, "unavailable" if unavailable else "failed", error=text)
     attempts = [*state.get("attempts", []), attempt]
+    candidates = replan_after_failure(state, attempts, runtime.context or Context())
     event = emit(runtime, "failed", model=model, error=text, unavailable=unavailable)
-    remaining = len(state.get("candidates", [])) - len(attempts)
-    goto = "invoke_model" if remaining > 0 else "finalize"
+    goto = "invoke_model" if len(candidates) > len(attempts) else "finalize"
     if goto == "invoke_model":
-        event["data"]["next"] = state["candidates"][len(attempts)]["model"]
-    return Command(update={"attempts": attempts, "trace": [event]}, goto=goto)
+        event["data"]["next"] = candidates[len(attempts)]["model"]
+    update = {"attempts": attempts, "candidates": candidates, "trace": [event]}
+    return Command(update=update, goto=goto)
+
+
+def replan_after_failure(
+    state: RouterState, attempts: list[Attempt], context: Context
+) -> list[Candidate]:
+    """Tried candidates, then a fresh cascade over the options no attempt has used yet.
+
+    A failed model is unavailable, not wrong: the models it dominated are credible again,
+    so the run never ends without an answer while an untried option remains.
+    """
+    tried = {a["model"] for a in attempts}
+    done = state.get("candidates", [])[: len(attempts)]
+    untried = [o for o in state.get("options", []) if o["model"] not in tried]
+    answered = sum(1 for a in attempts if a["status"] == "answered")
+    levels = max(1, context.max_levels - answered)
+    tail = plan_cascade(untried, levels, context.min_p_success, context.cost_weight)
+    return [*done, *tail]

@@ -64,6 +64,7 @@ async def predict(state: RouterState, runtime: Runtime[Context]) -> dict[str, An
         candidates=[c["model"] for c in candidates],
     )
     return {
+        "options": options,
         "candidates": candidates,
         "route_mode": "hybrid" if refine else "learned",
         "trace": [event],

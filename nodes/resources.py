@@ -35,6 +35,7 @@ from emafusion.stores.recordings import RecordSet, load_dataset
 from emafusion.stores.taxonomy import (
     CategoryClassifier,
     Taxonomy,
+    TaxonomyError,
     default_taxonomy_path,
     load_taxonomy,
 )
@@ -122,12 +123,9 @@ def _build(context: Context) -> RouterResources:
         pool = load_default_pool(context.dataset)
     else:
         raise PoolError("no pool: set Context.pool to a pool file (or Context.dataset).")
-    if context.taxonomy:
-        taxonomy = load_taxonomy(context.taxonomy)
-    else:
-        taxonomy = load_taxonomy(default_taxonomy_path(context.dataset or name))
     embedder = default_embedder()
     router_dir = Path(context.router_dir) if context.router_dir else default_router_dir(name)
+    taxonomy = _taxonomy(context, name)
     try:
         artifacts = RouterArtifacts.load(router_dir, embedder.id)
     except ArtifactsError as exc:
@@ -137,7 +135,23 @@ def _build(context: Context) -> RouterResources:
             raise
         logger.warning("building router artifacts in %s (%s)", router_dir, exc)
         artifacts = build_router_artifacts(
-            records, embedder, taxonomy, pool, splits=("train",), calibrate_on="validation"
+            records,
+            embedder,
+            taxonomy or Taxonomy.from_names(records.categories),
+            pool,
+            splits=("train",),
+            calibrate_on="validation",
         )
         artifacts.save(router_dir)
+    if taxonomy is None:
+        taxonomy = Taxonomy.from_names(artifacts.classifier.categories)
     return RouterResources.create(pool, artifacts, embedder, taxonomy, records, router_dir)
+
+
+def _taxonomy(context: Context, name: str) -> Taxonomy | None:
+    if context.taxonomy:
+        return load_taxonomy(context.taxonomy)
+    try:
+        return load_taxonomy(default_taxonomy_path(context.dataset or name))
+    except TaxonomyError:
+        return None

@@ -12,6 +12,8 @@ shrinkage strength, and ``prior`` the model's mean score in the query's category
 category has enough records for the model), else its global mean, else a declared prior
 (``MemorySettings.model_priors``), else ``MemorySettings.default_prior``. An exploration bonus
 ``c / sqrt(1 + sum_i w_i)`` is reported next to ``p`` (and folded into ``ucb``), never into it.
+Time decay (``half_life_s``) scales the neighbour weights only; priors are plain means, kept as
+running totals so neither `add` nor `predict` ever rescans the whole memory.
 
 The memory learns online: `add` makes a query searchable at once (no rebuild), and adding
 outcomes for a known query id updates that query instead of storing its vector twice.
@@ -85,6 +87,9 @@ LOCK_FILE = ".lock"
 _GENERATION = re.compile(r"^gen-(\d{6,})-[0-9a-f]{8}$")
 
 NORM_TOLERANCE = 1e-3
+# Running totals are kept per metric: index 0 score, 1 cost_usd, 2 latency_s.
+_SCORE, _COST, _LATENCY = range(3)
+_METRICS = 3
 _PREDICT_CHUNK = 2048  # queries per vectorized block: bounds the (B, k, models) temporaries
 
 
@@ -340,24 +345,6 @@ class ModelStats:
     mean_latency_s: float | None
 
 
-@dataclass(frozen=True)
-class _Aggregates:
-    """Per-model sums over all stored outcomes, and the same per category (row 0 = none)."""
-
-    count: np.ndarray
-    score_sum: np.ndarray
-    cost_count: np.ndarray
-    cost_sum: np.ndarray
-    latency_count: np.ndarray
-    latency_sum: np.ndarray
-    cat_count: np.ndarray
-    cat_score_sum: np.ndarray
-    cat_cost_count: np.ndarray
-    cat_cost_sum: np.ndarray
-    cat_latency_count: np.ndarray
-    cat_latency_sum: np.ndarray
-
-
 def _safe_mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
     out = np.full(total.shape, np.nan)
     np.divide(total, count, out=out, where=count > 0)
@@ -411,7 +398,9 @@ class OutcomeMemory:
         self._latency = np.full((0, 0), np.nan)
         self._time = np.full((0, 0), np.nan)
         self._source = np.full((0, 0), -1, dtype=np.int8)
-        self._aggregates: _Aggregates | None = None
+        # Running per-model totals, (metric, group, model); group 0 = all, 1 + c = category c.
+        self._total_count = np.zeros((_METRICS, 1, 0), dtype=np.int64)
+        self._total_sum = np.zeros((_METRICS, 1, 0))
 
     @classmethod
     def for_embedder(
@@ -634,18 +623,16 @@ class OutcomeMemory:
             for pos, query_id in enumerate(ids):
                 if query_id not in self._row_of and query_id not in new_positions:
                     new_positions[query_id] = pos
-            if new_positions and vectors is None:
-                raise OutcomeMemoryError(f"queries {list(new_positions)} need vectors")
             if new_positions:
-                assert vectors is not None
+                if vectors is None:
+                    raise OutcomeMemoryError(f"queries {list(new_positions)} need vectors")
                 self._append_rows(list(new_positions), vectors[list(new_positions.values())])
             for query_id, category, recs in zip(ids, cats, records, strict=True):
                 row = self._row_of[query_id]
                 if category is not None:
-                    self._row_cat[row] = self._category_code(category)
+                    self._set_category(row, self._category_code(category))
                 for record in recs:
                     self._store_outcome(row, record)
-            self._aggregates = None
             return len(new_positions)
 
     def _append_rows(self, query_ids: list[str], vectors: np.ndarray) -> None:
@@ -665,18 +652,44 @@ class OutcomeMemory:
             self._reserve(self._n, col + 1)
             self._models.append(record.model)
             self._col_of[record.model] = col
-        elif self._time[row, col] > record.timestamp:
-            return  # an older outcome (e.g. a replayed recording) must not hide a newer one
+        elif not np.isnan(self._score[row, col]):
+            if self._time[row, col] > record.timestamp:
+                return  # an older outcome (e.g. a replayed recording) must not hide a newer one
+            self._account(row, col, -1)
         self._score[row, col] = record.score
         self._cost[row, col] = np.nan if record.cost_usd is None else record.cost_usd
         self._latency[row, col] = np.nan if record.latency_s is None else record.latency_s
         self._time[row, col] = record.timestamp
         self._source[row, col] = SOURCES.index(record.source)
+        self._account(row, col, +1)
+
+    def _account(self, row: int, col: int, sign: int) -> None:
+        """Add (sign=1) or remove (sign=-1) one stored outcome from the running totals."""
+        code = int(self._row_cat[row])
+        groups = (0,) if code < 0 else (0, code + 1)
+        values = (self._score[row, col], self._cost[row, col], self._latency[row, col])
+        for metric, value in enumerate(values):
+            if np.isnan(value):
+                continue
+            for group in groups:
+                self._total_count[metric, group, col] += sign
+                self._total_sum[metric, group, col] += sign * value
+
+    def _set_category(self, row: int, code: int) -> None:
+        if self._row_cat[row] == code:
+            return
+        present = np.flatnonzero(~np.isnan(self._score[row, : len(self._models)]))
+        for col in present:
+            self._account(row, int(col), -1)
+        self._row_cat[row] = code
+        for col in present:
+            self._account(row, int(col), +1)
 
     def _category_code(self, category: str) -> int:
         code = self._cat_of.get(category)
         if code is None:
             code = len(self._categories)
+            self._reserve_totals(code + 2, self._total_count.shape[2])
             self._categories.append(category)
             self._cat_of[category] = code
         return code
@@ -702,55 +715,45 @@ class OutcomeMemory:
         row_cat = np.full(new_rows, -1, dtype=np.int32)
         row_cat[: self._row_cat.shape[0]] = self._row_cat
         self._row_cat = row_cat
+        self._reserve_totals(self._total_count.shape[1], new_cols)
+
+    def _reserve_totals(self, groups: int, cols: int) -> None:
+        _, cap_groups, cap_cols = self._total_count.shape
+        if groups <= cap_groups and cols <= cap_cols:
+            return
+        shape = (
+            _METRICS,
+            max(groups, 2 * cap_groups if groups > cap_groups else cap_groups),
+            max(cols, cap_cols),
+        )
+        count = np.zeros(shape, dtype=np.int64)
+        total = np.zeros(shape)
+        count[:, :cap_groups, :cap_cols] = self._total_count
+        total[:, :cap_groups, :cap_cols] = self._total_sum
+        self._total_count, self._total_sum = count, total
 
     # ---------------------------------------------------------------- statistics
 
-    def _stats(self) -> _Aggregates:
-        """Sums per model (and per category), recomputed lazily after a mutation.
-
-        Recomputing from the arrays (rather than updating running sums) makes the result a
-        pure function of the stored outcomes, so a loaded memory predicts bit-identically.
-        """
-        with self._lock:
-            if self._aggregates is not None:
-                return self._aggregates
-            n, m = self._n, len(self._models)
-            n_groups = len(self._categories) + 1
-            # One flat bincount per array: cell (row, col) lands in bin (category, col).
-            groups = self._row_cat[:n].astype(np.intp) + 1
-            bins = (groups[:, None] * m + np.arange(m)).ravel()
-            sums: list[np.ndarray] = []
-            for values in (self._score, self._cost, self._latency):
-                block = values[:n, :m]
-                present = ~np.isnan(block)
-                filled = np.where(present, block, 0.0)
-                cat_count = np.bincount(
-                    bins, present.ravel().astype(np.float64), minlength=n_groups * m
-                ).reshape(n_groups, m)
-                cat_sum = np.bincount(bins, filled.ravel(), minlength=n_groups * m).reshape(
-                    n_groups, m
-                )
-                sums += [
-                    present.sum(axis=0).astype(np.float64),
-                    filled.sum(axis=0),
-                    cat_count,
-                    cat_sum,
-                ]
-            self._aggregates = _Aggregates(
-                count=sums[0],
-                score_sum=sums[1],
-                cat_count=sums[2],
-                cat_score_sum=sums[3],
-                cost_count=sums[4],
-                cost_sum=sums[5],
-                cat_cost_count=sums[6],
-                cat_cost_sum=sums[7],
-                latency_count=sums[8],
-                latency_sum=sums[9],
-                cat_latency_count=sums[10],
-                cat_latency_sum=sums[11],
-            )
-            return self._aggregates
+    def _recomputed_totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """Totals rebuilt from the outcome arrays (to cross-check the running ones on load)."""
+        n, m = self._n, len(self._models)
+        n_groups = len(self._categories) + 1
+        # One flat bincount per metric: cell (row, col) lands in bin (category, col).
+        groups = self._row_cat[:n].astype(np.intp) + 1
+        bins = (groups[:, None] * m + np.arange(m)).ravel()
+        count = np.zeros((_METRICS, n_groups, m), dtype=np.int64)
+        total = np.zeros((_METRICS, n_groups, m))
+        for metric, values in enumerate((self._score, self._cost, self._latency)):
+            block = values[:n, :m]
+            present = ~np.isnan(block)
+            filled = np.where(present, block, 0.0)
+            size = n_groups * m
+            count[metric] = np.bincount(bins, present.ravel(), size).reshape(n_groups, m)
+            total[metric] = np.bincount(bins, filled.ravel(), size).reshape(n_groups, m)
+        # Group 0 is everything: the bins above only hold the uncategorised rows there.
+        count[:, 0] = count.sum(axis=1)
+        total[:, 0] = total.sum(axis=1)
+        return count, total
 
     def model_stats(self, category: str | None = None) -> dict[str, ModelStats]:
         """Count, mean score, mean cost and latency per model (optionally in one category).
@@ -758,32 +761,28 @@ class OutcomeMemory:
         Models without outcomes in that scope are left out.
         """
         with self._lock:
-            agg = self._stats()
             models = list(self._models)
-            if category is None:
-                counts = (agg.count, agg.cost_count, agg.latency_count)
-                totals = (agg.score_sum, agg.cost_sum, agg.latency_sum)
-            else:
+            group = 0
+            if category is not None:
                 code = self._cat_of.get(category)
                 if code is None:
                     return {}
-                g = code + 1
-                counts = (agg.cat_count[g], agg.cat_cost_count[g], agg.cat_latency_count[g])
-                totals = (agg.cat_score_sum[g], agg.cat_cost_sum[g], agg.cat_latency_sum[g])
-        score_mean, cost_mean, latency_mean = (
-            _safe_mean(t, c) for t, c in zip(totals, counts, strict=True)
-        )
+                group = code + 1
+            counts = self._total_count[:, group, : len(models)].copy()
+            means = _safe_mean(self._total_sum[:, group, : len(models)], counts)
         out = {}
         for col, model in enumerate(models):
-            if counts[0][col] == 0:
+            if counts[_SCORE, col] == 0:
                 continue
             out[model] = ModelStats(
                 model=model,
-                count=int(counts[0][col]),
-                mean_score=float(score_mean[col]),
-                cost_count=int(counts[1][col]),
-                mean_cost_usd=None if counts[1][col] == 0 else float(cost_mean[col]),
-                mean_latency_s=None if counts[2][col] == 0 else float(latency_mean[col]),
+                count=int(counts[_SCORE, col]),
+                mean_score=float(means[_SCORE, col]),
+                cost_count=int(counts[_COST, col]),
+                mean_cost_usd=None if counts[_COST, col] == 0 else float(means[_COST, col]),
+                mean_latency_s=(
+                    None if counts[_LATENCY, col] == 0 else float(means[_LATENCY, col])
+                ),
             )
         return out
 
@@ -1002,7 +1001,6 @@ class OutcomeMemory:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Prior mean per (query, model), where it came from, and each model's mean cost."""
         settings = self.settings
-        agg = self._stats()
         declared = np.array(
             [settings.model_priors.get(m, np.nan) for m in models], dtype=np.float64
         )
@@ -1010,13 +1008,16 @@ class OutcomeMemory:
         safe_cols = np.where(known, cols, 0)
 
         def per_model(values: np.ndarray) -> np.ndarray:
-            if values.size == 0:
-                return np.zeros(len(models))
-            return np.where(known, values[safe_cols], 0.0)
+            """Select the requested models' columns (zero for models never seen)."""
+            if values.shape[-1] == 0:
+                return np.zeros((*values.shape[:-1], len(models)))
+            return np.where(known, values[..., safe_cols], 0)
 
-        count = per_model(agg.count)
-        global_mean = _safe_mean(per_model(agg.score_sum), count)
-        mean_cost = _safe_mean(per_model(agg.cost_sum), per_model(agg.cost_count))
+        count = per_model(self._total_count[_SCORE, 0])
+        global_mean = _safe_mean(per_model(self._total_sum[_SCORE, 0]), count)
+        mean_cost = _safe_mean(
+            per_model(self._total_sum[_COST, 0]), per_model(self._total_count[_COST, 0])
+        )
 
         base = np.where(~np.isnan(declared), declared, settings.default_prior)
         base_source = np.where(
@@ -1031,9 +1032,9 @@ class OutcomeMemory:
         )
         prior = np.tile(base, (len(categories), 1))
         source = np.tile(base_source, (len(categories), 1)).astype(np.int8)
-        if agg.cat_count.size and (groups > 0).any():
-            cat_count = np.where(known, agg.cat_count[groups][:, safe_cols], 0.0)
-            cat_sum = np.where(known, agg.cat_score_sum[groups][:, safe_cols], 0.0)
+        if (groups > 0).any():
+            cat_count = per_model(self._total_count[_SCORE][groups])
+            cat_sum = per_model(self._total_sum[_SCORE][groups])
             use = (groups > 0)[:, None] & (cat_count >= settings.min_category_count)
             prior = np.where(use, _safe_mean(cat_sum, cat_count), prior)
             source = np.where(use, PRIOR_SOURCES.index("category"), source).astype(np.int8)
@@ -1126,6 +1127,8 @@ class OutcomeMemory:
                 latency_s=self._latency[:n, :m].copy(),
                 timestamp=self._time[:n, :m].copy(),
                 source=self._source[:n, :m].copy(),
+                total_count=self._total_count[:, : len(self._categories) + 1, :m].copy(),
+                total_sum=self._total_sum[:, : len(self._categories) + 1, :m].copy(),
             )
             meta = {
                 "format": FORMAT_NAME,
@@ -1215,9 +1218,12 @@ class OutcomeMemory:
             data = {name: arrays[name] for name in arrays.files}
         ids, models = list(meta["query_ids"]), list(meta["models"])
         shape = (n, len(models))
-        expected_shapes = {"row_category": (n,)} | {
-            name: shape for name in ("score", "cost_usd", "latency_s", "timestamp", "source")
-        }
+        totals_shape = (_METRICS, len(meta["categories"]) + 1, len(models))
+        expected_shapes = {
+            "row_category": (n,),
+            "total_count": totals_shape,
+            "total_sum": totals_shape,
+        } | {name: shape for name in ("score", "cost_usd", "latency_s", "timestamp", "source")}
         for name, wanted in expected_shapes.items():
             found = data[name].shape if name in data else "nothing"
             if found != wanted:
@@ -1242,9 +1248,26 @@ class OutcomeMemory:
             self._latency = data["latency_s"].astype(np.float64)
             self._time = data["timestamp"].astype(np.float64)
             self._source = data["source"].astype(np.int8)
-            self._aggregates = None
+            # The running totals are restored verbatim (not re-summed in another order), so
+            # a loaded memory predicts bit-identically; re-summing only cross-checks them.
+            self._total_count = data["total_count"].astype(np.int64)
+            self._total_sum = data["total_sum"].astype(np.float64)
+            self._check_totals(where)
             if isinstance(index, faiss.IndexHNSW):
                 index.hnsw.efSearch = self.settings.hnsw_ef_search
+
+    def _check_totals(self, where: Path) -> None:
+        count, total = self._recomputed_totals()
+        m = len(self._models)
+        stored_count = self._total_count[:, :, :m]
+        stored_total = self._total_sum[:, :, :m]
+        if not np.array_equal(count, stored_count) or not np.allclose(
+            total, stored_total, rtol=1e-9, atol=1e-9
+        ):
+            raise OutcomeMemoryError(
+                f"{where / ARRAYS_FILE}: per-model totals disagree with the stored outcomes; "
+                "the save is damaged"
+            )
 
     def __repr__(self) -> str:
         return (

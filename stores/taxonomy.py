@@ -60,6 +60,11 @@ class Taxonomy(BaseModel):
     def names(self) -> list[str]:
         return [c.name for c in self.categories]
 
+    @classmethod
+    def from_names(cls, names: Sequence[str]) -> Taxonomy:
+        """A bare taxonomy from category labels, for recordings that ship no taxonomy file."""
+        return cls(categories=[Category(name=n) for n in names])
+
 
 def default_taxonomy_path(dataset: str) -> Path:
     path = Path(str(resources.files("emafusion.stores") / "taxonomies" / f"{dataset}.toml"))

@@ -2,14 +2,21 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from langchain_core.language_models import BaseChatModel
 
+from emafusion.nodes.resources import RouterResources
+from emafusion.stores.artifacts import build_router_artifacts
 from emafusion.stores.download import resolve_data_dir
+from emafusion.stores.embeddings import Embedder, default_embedder
+from emafusion.stores.pool import Pool, load_default_pool
 from emafusion.stores.recordings import RecordSet, load_dataset
+from emafusion.stores.taxonomy import default_taxonomy_path, load_taxonomy
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +56,45 @@ def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# Keep the embedding cache inside the checkout (git-ignored) so tests never write to the
+# user's cache and reruns are fast.
+os.environ.setdefault(
+    "EMAFUSION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache" / "test")
+)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return default_embedder()
+
+
+@pytest.fixture(scope="session")
+def routerbench_slice(routerbench: RecordSet) -> RecordSet:
+    """Every fourth training record: enough to route with, quick to embed."""
+    train = routerbench.split("train")[::4]
+    return RecordSet("routerbench", train, source="routerbench train slice")
+
+
+@pytest.fixture
+def make_resources(
+    routerbench: RecordSet, routerbench_slice: RecordSet, embedder: Embedder
+) -> Callable[..., RouterResources]:
+    """Fresh resources per call (the memory is mutable): a slice-built router on replay."""
+
+    def make(
+        pool: Pool | None = None,
+        records: RecordSet | None = routerbench,
+        chat_models: dict[str, BaseChatModel] | None = None,
+    ) -> RouterResources:
+        pool = pool or load_default_pool("routerbench")
+        taxonomy = load_taxonomy(default_taxonomy_path("routerbench"))
+        artifacts = build_router_artifacts(
+            routerbench_slice, embedder, taxonomy, load_default_pool("routerbench")
+        )
+        return RouterResources.create(
+            pool, artifacts, embedder, taxonomy, records, chat_models=chat_models
+        )
+
+    return make

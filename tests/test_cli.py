@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from emafusion.graph.cli import main
+from emafusion.stores.artifacts import build_router_artifacts
+from emafusion.stores.embeddings import Embedder
+from emafusion.stores.pool import load_default_pool
 from emafusion.stores.recordings import RecordSet, write_jsonl
+from emafusion.stores.taxonomy import default_taxonomy_path, load_taxonomy
 
 
 def test_help_lists_every_command() -> None:
@@ -56,3 +61,63 @@ def test_bad_recordings_exit_2_with_the_line(
     assert main(["data", "check", "--recordings", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:1" in err and "Fix" in err
+
+
+def test_graph_command_renders_mermaid_and_dot(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["graph", "--format", "mermaid"]) == 0
+    mermaid = capsys.readouterr().out
+    assert mermaid.startswith("graph TD;")
+    for node in ("classify", "predict", "invoke_model", "judge", "decide", "finalize"):
+        assert f"{node}[" in mermaid
+    assert "-.->|escalate| invoke_model" in mermaid
+    assert main(["graph", "--format", "dot", "--out", str(tmp_path / "g.dot")]) == 0
+    assert '"invoke_model" -> "judge"' in (tmp_path / "g.dot").read_text()
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
+def test_graph_command_renders_png(tmp_path: Path) -> None:
+    out = tmp_path / "router.png"
+    assert main(["graph", "--format", "png", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ask_replays_a_recorded_query(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    routerbench: RecordSet,
+    routerbench_slice: RecordSet,
+    embedder: Embedder,
+) -> None:
+    taxonomy = load_taxonomy(default_taxonomy_path("routerbench"))
+    pool = load_default_pool("routerbench")
+    router_dir = build_router_artifacts(routerbench_slice, embedder, taxonomy, pool).save(
+        tmp_path / "router"
+    )
+    record = routerbench.split("test")[0]
+    argv = [
+        "ask",
+        "--dataset",
+        "routerbench",
+        "--record-id",
+        record.id,
+        "--no-record",
+        "--router-dir",
+        str(router_dir),
+        "--stream",
+    ]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "[classified: arc-challenge" in captured.err or "[classified:" in captured.err
+    assert "[returned:" in captured.err
+    model = next(
+        line.split()[-1] for line in captured.out.splitlines() if line.startswith("model:")
+    )
+    assert f"answer:     {record.outcomes[model].response.strip()}" in captured.out  # type: ignore[union-attr]
+    assert "cost:       $" in captured.out and "estimated" not in captured.out
+
+
+def test_ask_unknown_record_id_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ask", "--dataset", "routerbench", "--record-id", "routerbench/nope"]) == 2
+    assert "is not in routerbench" in capsys.readouterr().err

@@ -230,6 +230,44 @@ def test_model_stats() -> None:
     assert len(mem) == 2 and "x" in mem
 
 
+def test_statistics_follow_updates_and_category_changes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    mem = memory()
+    vectors = random_units(30, DIM, 7)
+    for step in range(400):
+        i = int(rng.integers(0, 30))
+        category = [None, "math", "code", "law"][int(rng.integers(0, 4))]
+        record = rec(
+            f"m{rng.integers(0, 4)}",
+            float(rng.random()),
+            cost_usd=float(rng.random()) if rng.random() < 0.5 else None,
+            timestamp=float(step if rng.random() < 0.9 else 0),
+        )
+        mem.add(f"q{i}", vectors[i], [record], category=category)
+    records = mem.records()
+    for category in (None, "math", "code", "law"):
+        stats = mem.model_stats(category)
+        for model in mem.models:
+            outcomes = [
+                r.outcomes[model]
+                for r in records
+                if model in r.outcomes and category in (None, r.category)
+            ]
+            if not outcomes:
+                assert model not in stats
+                continue
+            costs = [o.cost_usd for o in outcomes if o.cost_usd is not None]
+            assert stats[model].count == len(outcomes)
+            assert stats[model].mean_score == pytest.approx(np.mean([o.score for o in outcomes]))
+            assert stats[model].cost_count == len(costs)
+            if costs:
+                assert stats[model].mean_cost_usd == pytest.approx(np.mean(costs))
+    mem.save(tmp_path)
+    loaded = OutcomeMemory.load(tmp_path)
+    for category in (None, "math", "code", "law"):
+        assert loaded.model_stats(category) == mem.model_stats(category)
+
+
 def test_works_with_a_swappable_embedder() -> None:
     embedder = HashEmbedder(dim=64)
     mem = OutcomeMemory.for_embedder(embedder)

@@ -46,7 +46,6 @@ def register_judge(judge: Judge) -> Judge:
 
 
 def get_judge(name: str) -> Judge:
-    _load_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -57,10 +56,9 @@ def get_judge(name: str) -> Judge:
 
 
 def registered_judges() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
-def _load_builtin() -> None:
-    # Imported lazily: the built-in judges import this module for the interface.
-    from emafusion.nodes.judges import answer_format, prior  # noqa: F401
+# The built-in judges register themselves; imported last because they import the
+# interface above.
+from emafusion.nodes.judges import answer_format, prior  # noqa: E402, F401, I001

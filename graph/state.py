@@ -67,6 +67,7 @@ class RouterOutput(TypedDict):
     confidence: float | None
     cost_usd: float
     escalation_path: list[str]
+    overhead_ms: float  # time in the graph outside model and judge calls
     trace: list[TraceEvent]
 
 

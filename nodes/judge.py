@@ -58,7 +58,7 @@ async def judge(state: JudgeInput, runtime: Runtime[Context]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         result = await get_judge(task["judge"]).score(task, resources, context)
-        score: float | None = result.score
+        score = result.score
         cost, detail = result.cost_usd, result.detail
     except Exception as exc:  # noqa: BLE001 - a broken judge abstains; the run goes on
         score, cost, detail = None, 0.0, f"judge failed: {type(exc).__name__}: {exc}"

@@ -20,13 +20,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class JudgeResult:
-    score: float
+    """A judge's confidence in [0, 1], or None to abstain (e.g. nothing to compare with)."""
+
+    score: float | None
     cost_usd: float = 0.0
     detail: str = ""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.score <= 1.0:
-            raise ValueError(f"judge score must be in [0, 1], got {self.score}")
+        if self.score is not None and not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"judge score must be in [0, 1] or None, got {self.score}")
 
 
 class Judge(Protocol):

@@ -20,6 +20,7 @@ from emafusion.nodes.invoke import MODEL_RETRY, invoke_model, model_failed
 from emafusion.nodes.judge import fan_out_judges, judge
 from emafusion.nodes.predict import predict
 from emafusion.nodes.record import record
+from emafusion.nodes.timing import timed
 
 
 def route_after_classify(
@@ -39,16 +40,17 @@ def route_after_predict(state: RouterState) -> Literal["invoke_model", "finalize
 builder = StateGraph(
     RouterState, context_schema=Context, input_schema=RouterInput, output_schema=RouterOutput
 )
-builder.add_node("classify", classify)
-builder.add_node("predict", predict)
+# Routing nodes are timed so the overhead excludes model calls and waiting on other runs.
+builder.add_node("classify", timed(classify))
+builder.add_node("predict", timed(predict))
 builder.add_node(
     "invoke_model",
-    invoke_model,
+    timed(invoke_model),
     retry_policy=MODEL_RETRY,
     error_handler=model_failed,
 )
 builder.add_node("judge", judge)
-builder.add_node("decide", decide)
+builder.add_node("decide", timed(decide))
 builder.add_node("finalize", finalize)
 builder.add_node("record", record)
 

@@ -91,7 +91,8 @@ class RouterState(TypedDict):
     confidence: NotRequired[float | None]
     cost_usd: NotRequired[float]
     escalation_path: NotRequired[list[str]]
-    started_at: NotRequired[float]
+    # Routing work per node, summed: the router's overhead (see nodes/timing.py).
+    router_ms: NotRequired[Annotated[float, operator.add]]
     overhead_ms: NotRequired[float]
     trace: NotRequired[Annotated[list[TraceEvent], operator.add]]
 

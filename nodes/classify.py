@@ -8,7 +8,6 @@ top category is confident, takes the models proven best for it on training outco
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import numpy as np
@@ -74,7 +73,6 @@ def suitable_options(
 
 
 async def classify(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
-    started = time.time()
     context = runtime.context or Context()
     resources = await asyncio.to_thread(load_resources, context)
     query = state["query"]
@@ -112,6 +110,5 @@ async def classify(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
         "options": options,
         "candidates": candidates,
         "attempts": [],
-        "started_at": started,
         "trace": [event],
     }

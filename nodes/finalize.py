@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -28,16 +27,6 @@ async def finalize(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
     attempts = state.get("attempts", [])
     chosen = chosen_attempt(attempts)
     cost = sum(a["cost_usd"] + a["judge_cost_usd"] for a in attempts)
-    started = state.get("started_at")
-    wall_ms = (time.time() - started) * 1000.0 if started else 0.0
-    model_ms = sum(a["latency_ms"] for a in attempts)
-    judge_ms = 0.0
-    for index in range(len(attempts)):
-        # Judges of one attempt run in parallel: their slowest is the time spent.
-        judge_ms += max(
-            (v["latency_ms"] for v in state.get("verdicts", []) if v["attempt"] == index),
-            default=0.0,
-        )
     path = [a["model"] for a in attempts]
     event = emit(
         runtime,
@@ -55,6 +44,6 @@ async def finalize(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
         "confidence": chosen["confidence"] if chosen else None,
         "cost_usd": cost,
         "escalation_path": path,
-        "overhead_ms": max(0.0, wall_ms - model_ms - judge_ms),
+        "overhead_ms": state.get("router_ms", 0.0),
         "trace": [event],
     }

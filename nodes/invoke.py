@@ -96,7 +96,11 @@ async def invoke_model(state: RouterState, runtime: Runtime[Context]) -> dict[st
         cost_source=source,
         latency_ms=latency_ms,
     )
-    return {"attempts": [*state.get("attempts", []), attempt], "trace": events}
+    return {
+        "attempts": [*state.get("attempts", []), attempt],
+        "trace": events,
+        "excluded_ms": latency_ms,
+    }
 
 
 async def model_failed(

@@ -90,6 +90,9 @@ NORM_TOLERANCE = 1e-3
 # Running totals are kept per metric: index 0 score, 1 cost_usd, 2 latency_s.
 _SCORE, _COST, _LATENCY = range(3)
 _METRICS = 3
+# Above this many outcomes in one add_many, re-summing the totals in one vectorized pass is
+# cheaper than updating them outcome by outcome.
+_BULK_OUTCOMES = 1024
 _PREDICT_CHUNK = 2048  # queries per vectorized block: bounds the (B, k, models) temporaries
 
 
@@ -627,12 +630,15 @@ class OutcomeMemory:
                 if vectors is None:
                     raise OutcomeMemoryError(f"queries {list(new_positions)} need vectors")
                 self._append_rows(list(new_positions), vectors[list(new_positions.values())])
+            bulk = sum(len(recs) for recs in records) >= _BULK_OUTCOMES
             for query_id, category, recs in zip(ids, cats, records, strict=True):
                 row = self._row_of[query_id]
                 if category is not None:
-                    self._set_category(row, self._category_code(category))
+                    self._set_category(row, self._category_code(category), account=not bulk)
                 for record in recs:
-                    self._store_outcome(row, record)
+                    self._store_outcome(row, record, account=not bulk)
+            if bulk:
+                self._total_count, self._total_sum = self._recomputed_totals()
             return len(new_positions)
 
     def _append_rows(self, query_ids: list[str], vectors: np.ndarray) -> None:
@@ -645,7 +651,7 @@ class OutcomeMemory:
             self._row_of[query_id] = start + offset
         self._n = start + len(query_ids)
 
-    def _store_outcome(self, row: int, record: OutcomeRecord) -> None:
+    def _store_outcome(self, row: int, record: OutcomeRecord, *, account: bool) -> None:
         col = self._col_of.get(record.model)
         if col is None:
             col = len(self._models)
@@ -655,13 +661,15 @@ class OutcomeMemory:
         elif not np.isnan(self._score[row, col]):
             if self._time[row, col] > record.timestamp:
                 return  # an older outcome (e.g. a replayed recording) must not hide a newer one
-            self._account(row, col, -1)
+            if account:
+                self._account(row, col, -1)
         self._score[row, col] = record.score
         self._cost[row, col] = np.nan if record.cost_usd is None else record.cost_usd
         self._latency[row, col] = np.nan if record.latency_s is None else record.latency_s
         self._time[row, col] = record.timestamp
         self._source[row, col] = SOURCES.index(record.source)
-        self._account(row, col, +1)
+        if account:
+            self._account(row, col, +1)
 
     def _account(self, row: int, col: int, sign: int) -> None:
         """Add (sign=1) or remove (sign=-1) one stored outcome from the running totals."""
@@ -675,8 +683,11 @@ class OutcomeMemory:
                 self._total_count[metric, group, col] += sign
                 self._total_sum[metric, group, col] += sign * value
 
-    def _set_category(self, row: int, code: int) -> None:
+    def _set_category(self, row: int, code: int, *, account: bool) -> None:
         if self._row_cat[row] == code:
+            return
+        if not account:
+            self._row_cat[row] = code
             return
         present = np.flatnonzero(~np.isnan(self._score[row, : len(self._models)]))
         for col in present:
@@ -696,6 +707,7 @@ class OutcomeMemory:
 
     def _reserve(self, rows: int, cols: int) -> None:
         """Grow the outcome arrays geometrically so appends stay amortized O(1)."""
+        self._reserve_totals(self._total_count.shape[1], cols)
         cap_rows, cap_cols = self._score.shape
         if rows <= cap_rows and cols <= cap_cols:
             return
@@ -715,7 +727,6 @@ class OutcomeMemory:
         row_cat = np.full(new_rows, -1, dtype=np.int32)
         row_cat[: self._row_cat.shape[0]] = self._row_cat
         self._row_cat = row_cat
-        self._reserve_totals(self._total_count.shape[1], new_cols)
 
     def _reserve_totals(self, groups: int, cols: int) -> None:
         _, cap_groups, cap_cols = self._total_count.shape

@@ -268,6 +268,30 @@ def test_statistics_follow_updates_and_category_changes(tmp_path: Path) -> None:
         assert loaded.model_stats(category) == mem.model_stats(category)
 
 
+def test_bulk_and_one_by_one_adds_agree() -> None:
+    n = 400  # 1200 outcomes: add_many takes its bulk path
+    rng = np.random.default_rng(5)
+    vectors = random_units(n, DIM, 5)
+    ids = [f"q{i}" for i in range(n)]
+    categories = [("math", "code", None)[i % 3] for i in range(n)]
+    outcomes = [
+        [rec(f"m{j}", float(rng.random()), cost_usd=float(rng.random())) for j in range(3)]
+        for _ in range(n)
+    ]
+    bulk, single = memory(), memory()
+    bulk.add_many(ids, vectors, outcomes, categories)
+    for args in zip(ids, vectors, outcomes, categories, strict=True):
+        single.add(*args)
+    assert bulk.records() == single.records()
+    for category in (None, "math", "code"):
+        expected = single.model_stats(category)
+        for model, stats in bulk.model_stats(category).items():
+            assert stats.count == expected[model].count
+            assert stats.mean_score == pytest.approx(expected[model].mean_score)
+    bulk.add("late", E[0], [rec("brand-new-model", 1.0)], category="law")
+    assert bulk.model_stats("law")["brand-new-model"].count == 1
+
+
 def test_works_with_a_swappable_embedder() -> None:
     embedder = HashEmbedder(dim=64)
     mem = OutcomeMemory.for_embedder(embedder)

@@ -19,10 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The main job. Until the evaluation lands it checks the recordings end to end.
+# The main job: the router against single models and baselines, on both recordings.
+# Results, tables and plots land in results/<dataset>/.
 eval: install
 	$(BIN)/emafusion data check --dataset mmlu-pro
 	$(BIN)/emafusion data check --dataset routerbench
+	$(BIN)/emafusion eval --dataset routerbench
+	$(BIN)/emafusion eval --dataset mmlu-pro
 
 test: install
 	$(BIN)/python -m pytest -q

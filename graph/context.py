@@ -7,7 +7,7 @@ server can take the context as JSON.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(kw_only=True)
@@ -79,6 +79,22 @@ class Context:
     )
     judge_weights: dict[str, float] = field(
         default_factory=dict, metadata={"description": "Weight per judge (default 1.0)."}
+    )
+    combiner: Literal["static", "learned"] = field(
+        default="static",
+        metadata={
+            "description": "How judge scores become one confidence: 'static' (weighted mean, "
+            "judge_weights) or 'learned' (calibrated combiner fitted by `emafusion judges "
+            "train`, loaded from router_dir)."
+        },
+    )
+    llm_judge: str | None = field(
+        default=None,
+        metadata={"description": "Model that the 'llm' judge asks (judge_pool, else the pool)."},
+    )
+    judge_pool: str | None = field(
+        default=None,
+        metadata={"description": "Pool file (TOML) of judge models, apart from answering models."},
     )
     escalation_threshold: float = field(
         default=0.6, metadata={"description": "Return once the combined confidence reaches this."}

@@ -109,3 +109,6 @@ class JudgeTask(TypedDict):
     answer: str
     p_success: float
     earlier_answers: list[str]
+    # The query's embedding from classify, so judges that need it (the verifier) do not
+    # embed again.
+    query_vector: NotRequired[list[float] | None]

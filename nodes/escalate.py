@@ -7,6 +7,7 @@ candidate would break the budget, or at the last level.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -15,6 +16,8 @@ from langgraph.runtime import Runtime
 from emafusion.graph.context import Context
 from emafusion.graph.state import JudgeVerdict, RouterState
 from emafusion.nodes.events import emit
+from emafusion.nodes.resources import load_resources
+from emafusion.stores.combiner import CombinerError
 
 
 def combine(verdicts: Sequence[JudgeVerdict], weights: Mapping[str, float]) -> float | None:
@@ -30,6 +33,26 @@ def combine(verdicts: Sequence[JudgeVerdict], weights: Mapping[str, float]) -> f
     return total / weight_sum if weight_sum > 0 else None
 
 
+async def confidence_of(verdicts: Sequence[JudgeVerdict], context: Context) -> float | None:
+    """The combined confidence `Context.combiner` asks for (static mean or learned)."""
+    if context.combiner == "static":
+        return combine(verdicts, context.judge_weights)
+    if context.combiner != "learned":
+        raise ValueError(
+            f"Context.combiner must be 'static' or 'learned', got {context.combiner!r}"
+        )
+    resources = await asyncio.to_thread(load_resources, context)
+    if resources.combiners is None:
+        raise CombinerError(
+            "Context.combiner='learned' but the router directory has no fitted combiner. Fix: "
+            "run `emafusion judges train --dataset NAME` or use combiner='static'."
+        )
+    # The learned combiner of exactly the configured judges: a judge that is left out was
+    # refitted without, not given a zero weight.
+    combiner = resources.combiners.get(context.judges)
+    return combiner.combine({v["judge"]: v["score"] for v in verdicts})
+
+
 async def decide(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
     context = runtime.context or Context()
     attempts = [dict(a) for a in state.get("attempts", [])]
@@ -39,7 +62,7 @@ async def decide(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any
     current["judge_scores"] = {v["judge"]: v["score"] for v in verdicts}
     current["judge_cost_usd"] = sum(v["cost_usd"] for v in verdicts)
     if current["status"] == "answered":
-        current["confidence"] = combine(verdicts, context.judge_weights)
+        current["confidence"] = await confidence_of(verdicts, context)
     candidates = state.get("candidates", [])
     remaining = candidates[index + 1 :]
     spent = sum(a["cost_usd"] + a["judge_cost_usd"] for a in attempts)
@@ -54,7 +77,9 @@ async def decide(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any
         decision = "max_levels"
     elif (
         context.budget_usd is not None
-        and spent + remaining[0]["expected_cost_usd"] > context.budget_usd
+        # The next answer will be judged too, at about what judging this one cost.
+        and spent + remaining[0]["expected_cost_usd"] + current["judge_cost_usd"]
+        > context.budget_usd
     ):
         decision = "budget"
     else:
@@ -63,9 +88,12 @@ async def decide(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any
     attempts[index] = current
     data: dict[str, Any] = {
         "model": current["model"],
+        "status": current["status"],
         "confidence": confidence,
         "threshold": context.escalation_threshold,
         "judges": current["judge_scores"],
+        "judge_costs": {v["judge"]: v["cost_usd"] for v in verdicts},
+        "model_cost_usd": current["cost_usd"],
         "decision": decision,
         "spent_usd": spent,
     }

@@ -44,6 +44,7 @@ def fan_out_judges(state: RouterState, runtime: Runtime[Context]) -> list[Send] 
                     answer=latest["answer"] or "",
                     p_success=candidate["p_success"],
                     earlier_answers=earlier,
+                    query_vector=state.get("query_vector"),
                 )
             ),
         )

@@ -20,6 +20,7 @@ from emafusion.stores.artifacts import (
     build_router_artifacts,
     default_router_dir,
 )
+from emafusion.stores.combiner import CombinerBook, load_combiners
 from emafusion.stores.embeddings import Embedder, default_embedder
 from emafusion.stores.memory import OutcomeMemory
 from emafusion.stores.pool import (
@@ -39,6 +40,7 @@ from emafusion.stores.taxonomy import (
     default_taxonomy_path,
     load_taxonomy,
 )
+from emafusion.stores.verifier import LearnedVerifier, load_verifier
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class RouterResources:
     taxonomy: Taxonomy
     records: RecordSet | None = None
     router_dir: Path | None = None
+    # Trained by `emafusion judges train` and saved beside the memory; None until then.
+    verifier: LearnedVerifier | None = None
+    combiners: CombinerBook | None = None
     # Serializes add-then-save of live outcomes (the memory itself is thread-safe).
     memory_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -145,7 +150,11 @@ def _build(context: Context) -> RouterResources:
         artifacts.save(router_dir)
     if taxonomy is None:
         taxonomy = Taxonomy.from_names(artifacts.classifier.categories)
-    return RouterResources.create(pool, artifacts, embedder, taxonomy, records, router_dir)
+    resources = RouterResources.create(pool, artifacts, embedder, taxonomy, records, router_dir)
+    # Absent files mean "not trained yet"; a damaged or foreign one raises, never ignored.
+    resources.verifier = load_verifier(router_dir, embedder.id)
+    resources.combiners = load_combiners(router_dir)
+    return resources
 
 
 def _taxonomy(context: Context, name: str) -> Taxonomy | None:

@@ -63,4 +63,10 @@ def registered_judges() -> list[str]:
 
 # The built-in judges register themselves; imported last because they import the
 # interface above.
-from emafusion.nodes.judges import answer_format, prior  # noqa: E402, F401, I001
+from emafusion.nodes.judges import (  # noqa: E402, F401, I001
+    agreement,
+    answer_format,
+    llm,
+    prior,
+    verifier,
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -168,8 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _single_query_threads() -> None:
+    """The router searches one query at a time: on small shared machines, waking FAISS's
+    OpenMP threads for each search costs more than the search itself (see bench/memory.py).
+    """
+    import faiss
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        faiss.omp_set_num_threads(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _single_query_threads()
     handler: Handler = args.handler
     try:
         return handler(args)

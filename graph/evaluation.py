@@ -253,8 +253,10 @@ class OperatingPoint:
         )
 
 
-def stop_at_threshold(result: QueryResult, record: Record, threshold: float) -> tuple[float, float]:
-    """(correct, USD) had the run used `threshold`: the graph's decide/finalize rule.
+def stop_at_threshold(
+    result: QueryResult, record: Record, threshold: float
+) -> tuple[float, float, int]:
+    """(correct, USD, models called) had the run used `threshold`: the graph's rule.
 
     Valid for a run that never returned early (threshold above every confidence): the
     cascade's attempts do not depend on the threshold, only where it stops.
@@ -262,19 +264,42 @@ def stop_at_threshold(result: QueryResult, record: Record, threshold: float) -> 
     judged = [e["data"] for e in result.trace if e["event"] == "judged"]
     chosen = None
     spent = judged[-1]["spent_usd"] if judged else 0.0
-    for step in judged:
+    called = len(judged)
+    for index, step in enumerate(judged):
         confidence = step["confidence"]
         if step["status"] == "answered" and (confidence is None or confidence >= threshold):
-            chosen, spent = step, step["spent_usd"]
+            chosen, spent, called = step, step["spent_usd"], index + 1
             break
     if chosen is None:
         answered = [s for s in judged if s["status"] == "answered"]
         if answered:
             chosen = max(reversed(answered), key=lambda s: s["confidence"] or 0.0)
     if chosen is None:
-        return 0.0, spent
+        return 0.0, spent, called
     outcome = record.outcomes.get(chosen["model"])
-    return (outcome.score if outcome is not None else 0.0), spent
+    return (outcome.score if outcome is not None else 0.0), spent, called
+
+
+def read_off_row(
+    name: str, results: Sequence[QueryResult], records: Sequence[Record], threshold: float
+) -> Row:
+    """A row for `threshold` from a run that never returned early (see stop_at_threshold)."""
+    outcomes = [
+        stop_at_threshold(r, rec, threshold) for r, rec in zip(results, records, strict=True)
+    ]
+    correct = np.array([c for c, _, _ in outcomes])
+    called = np.array([n for _, _, n in outcomes])
+    return Row(
+        name,
+        "router",
+        float(correct.mean()),
+        1000.0 * float(np.mean([usd for _, usd, _ in outcomes])),
+        float(called.mean()),
+        float(np.mean(called > 1)),
+        None,
+        correct,
+        note="read off one run's judged trace",
+    )
 
 
 @dataclass
@@ -335,18 +360,10 @@ class Evaluation:
                 keep_trace=True,
             )
             for threshold in THRESHOLD_GRID:
-                outcomes = [
-                    stop_at_threshold(r, rec, threshold)
-                    for r, rec in zip(results, val_records, strict=True)
-                ]
+                row = read_off_row("validation", results, val_records, threshold)
                 grid.append(
                     OperatingPoint(
-                        threshold,
-                        levels,
-                        floor,
-                        margin,
-                        float(np.mean([c for c, _ in outcomes])),
-                        1000.0 * float(np.mean([usd for _, usd in outcomes])),
+                        threshold, levels, floor, margin, row.accuracy, row.cost_per_1k_usd
                     )
                 )
         return grid
@@ -439,14 +456,14 @@ class Evaluation:
                 ablation.append(router_row(label, await self._run(label, test, context)))
         rows += ablation + [full, cheap_row]
 
-        sweep = []
-        for threshold in SWEEP:
-            results = await self._run(
-                f"sweep t={threshold}",
-                test,
-                self.context(**{**full_settings, "escalation_threshold": threshold}),
-            )
-            sweep.append(router_row(f"sweep t={threshold}", results))
+        # One run that never stops early gives the whole threshold sweep exactly.
+        never_stop = await self._run(
+            "threshold sweep",
+            test,
+            self.context(**{**full_settings, "escalation_threshold": 1.01}),
+            keep_trace=True,
+        )
+        sweep = [read_off_row(f"sweep t={t}", never_stop, test, t) for t in SWEEP]
 
         everything = router_row(
             "full (validation-chosen), all queries",

@@ -84,9 +84,10 @@ async def test_threshold_read_off_matches_the_graph(
     for threshold in (0.5, 0.8, 0.9, 0.95):
         actual = await run_graph(records, context(threshold))
         for record, full, real in zip(records, never_stop, actual, strict=True):
-            correct, usd = stop_at_threshold(full, record, threshold)
+            correct, usd, called = stop_at_threshold(full, record, threshold)
             assert correct == real.correct
             assert usd == pytest.approx(real.cost_usd)
+            assert called == real.models_called
 
 
 def test_router_metrics_on_known_points() -> None:

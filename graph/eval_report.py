@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from emafusion.graph.eval_metrics import upper_hull
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+from emafusion.stores.atomic import write_text_atomic
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -134,7 +122,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 def write_results(results: dict[str, Any], out: Path) -> list[Path]:
     json_path, md_path, png_path = out / "results.json", out / "results.md", out / "tradeoff.png"
-    _write_atomic(json_path, json.dumps(results, indent=2) + "\n")
-    _write_atomic(md_path, markdown(results))
+    write_text_atomic(json_path, json.dumps(results, indent=2) + "\n")
+    write_text_atomic(md_path, markdown(results))
     plot(results, png_path)
     return [json_path, md_path, png_path]

@@ -11,8 +11,6 @@ validation or test unless a caller names them. They live together in one directo
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
+from emafusion.stores.atomic import write_text_atomic
 from emafusion.stores.embeddings import Embedder
 from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord
 from emafusion.stores.pool import Pool, recorded_call_cost
@@ -45,7 +44,8 @@ class RouterArtifacts:
         directory.mkdir(parents=True, exist_ok=True)
         self.memory.save(directory / "memory")
         self.classifier.save(directory / "classifier.npz")
-        _write_json_atomic(directory / ROUTER_MANIFEST, self.info)
+        manifest = json.dumps(self.info, indent=2, sort_keys=True)
+        write_text_atomic(directory / ROUTER_MANIFEST, manifest)
         return directory
 
     @classmethod
@@ -61,18 +61,6 @@ class RouterArtifacts:
         memory = OutcomeMemory.load(directory / "memory", expected_embedder_id=embedder_id)
         classifier = CategoryClassifier.load(directory / "classifier.npz", embedder_id)
         return cls(memory, classifier, info)
-
-
-def _write_json_atomic(path: Path, data: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def default_router_dir(name: str) -> Path:

@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import faiss
 import numpy as np
 
+from emafusion.stores.atomic import fsync_dir
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
@@ -1110,10 +1112,10 @@ class OutcomeMemory:
                 meta["files"][filename] = {"bytes": len(data), "sha256": _sha256(data)}
             meta_bytes = json.dumps(meta, sort_keys=True).encode()
             _write_bytes(staging / META_FILE, meta_bytes)
-            _fsync_dir(staging)
+            fsync_dir(staging)
             final = directory / name
             os.replace(staging, final)
-            _fsync_dir(directory)
+            fsync_dir(directory)
             manifest = {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
@@ -1304,21 +1306,11 @@ def _write_bytes(path: Path, data: bytes | memoryview) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":  # directories cannot be opened for fsync elsewhere
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace_file(path: Path, data: bytes) -> None:
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     _write_bytes(temp, data)
     os.replace(temp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from emafusion.stores.answers import LETTERS, extract_choice
+from emafusion.stores.atomic import write_text_atomic
 from emafusion.stores.download import DataError, dataset_files
 
 Split = Literal["train", "validation", "test"]
@@ -405,15 +406,9 @@ def load_jsonl(path: Path, skip_invalid: bool = False) -> RecordSet:
 
 def write_jsonl(records: Iterable[Record], path: Path) -> int:
     """Write records atomically (temporary file, then rename); returns the count."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(record.model_dump_json(exclude_none=False) + "\n")
-            count += 1
-    tmp.replace(path)
-    return count
+    lines = [record.model_dump_json() + "\n" for record in records]
+    write_text_atomic(path, "".join(lines))
+    return len(lines)
 
 
 # --- one entry point --------------------------------------------------------------------

@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from emafusion.stores.atomic import write_bytes_atomic
 
 CLASSIFIER_FORMAT_VERSION = 1
 
@@ -232,16 +232,7 @@ class CategoryClassifier:
         }
         buffer = io.BytesIO()
         np.savez(buffer, vectors=self.vectors, labels=self.labels, meta=np.array(json.dumps(meta)))
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buffer.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return path
+        return write_bytes_atomic(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path | str, expected_embedder_id: str | None = None) -> CategoryClassifier:

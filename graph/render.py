@@ -13,7 +13,7 @@ from emafusion.graph.router import graph as router_graph
 ERROR_PREFIX = "__error_handler__"
 # What each routing edge means; LangGraph knows the edges, not why they are taken.
 EDGE_LABELS = {
-    ("classify", "predict"): "unsure (or refine)",
+    ("classify", "predict"): "unsure, or refine",
     ("classify", "invoke_model"): "confident",
     ("classify", "finalize"): "no candidate",
     ("predict", "finalize"): "no candidate",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from emafusion.graph.cli_ask import add_ask_commands
 from emafusion.graph.cli_eval import add_eval_commands
+from emafusion.graph.cli_judges import add_judges_commands
 from emafusion.graph.cli_memory import add_memory_commands
 from emafusion.stores.cost import Prices, per_1k
 from emafusion.stores.download import DATASETS, DataError, dataset_files, resolve_data_dir
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     path.set_defaults(handler=cmd_data_path)
 
     add_memory_commands(commands)
+    add_judges_commands(commands)
     add_ask_commands(commands)
     add_eval_commands(commands)
     return parser

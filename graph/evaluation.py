@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from emafusion.graph.cli_judges import traces_from_results
 from emafusion.graph.context import Context
 from emafusion.graph.eval_metrics import (
     Point,
@@ -28,11 +29,13 @@ from emafusion.graph.eval_metrics import (
 from emafusion.graph.evaluate import QueryResult, run_graph
 from emafusion.nodes.resources import RouterResources
 from emafusion.stores.answers import extract_choice
-from emafusion.stores.artifacts import build_router_artifacts
+from emafusion.stores.artifacts import build_router_artifacts, embed_records
+from emafusion.stores.combiner import fit_book
 from emafusion.stores.embeddings import Embedder
 from emafusion.stores.pool import COST_RECORDED, Pool, recorded_call_cost
 from emafusion.stores.recordings import Record, RecordSet
 from emafusion.stores.taxonomy import Taxonomy
+from emafusion.stores.verifier import train_verifier
 
 # Validation grid. Each (levels, floor, margin) cell is one graph run in which escalation
 # never stops early; every threshold is then read off its judged trace (see
@@ -42,6 +45,8 @@ LEVEL_GRID = (2, 3)
 FLOOR_GRID = (0.0, 0.5, 0.65)
 MARGIN_GRID = (0.1, 0.3, 1.0)
 SWEEP = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.01)
+# Every offline judge; the learned combiner weighs them (see stores/combiner.py).
+JUDGES = ("memory_prior", "answer_format", "agreement", "verifier")
 MODES: dict[str, dict[str, Any]] = {
     # Always trust the taxonomy's top category; never consult the memory.
     "taxonomy-only": {"taxonomy_threshold": 0.0, "refine_with_memory": False},
@@ -316,7 +321,8 @@ class Evaluation:
 
     def build(self) -> RouterResources:
         self.log(
-            f"fitting memory and classifier on {self.records.name} train; calibrating on validation"
+            f"fitting memory, classifier and verifier on {self.records.name} train; "
+            f"calibrating the classifier on validation"
         )
         artifacts = build_router_artifacts(
             self.records,
@@ -329,11 +335,28 @@ class Evaluation:
         self.resources = RouterResources.create(
             self.pool, artifacts, self.embedder, self.taxonomy, self.records
         )
+        train = self.records.split("train")
+        self.resources.verifier = train_verifier(
+            train, embed_records(train, self.embedder), artifacts.memory, self.embedder.id
+        )
         return self.resources
 
     def context(self, **settings: Any) -> Context:
         assert self.resources is not None
+        settings = {"judges": JUDGES, "combiner": "learned", **settings}
         return Context(dataset=None, resources=self.resources, record_outcomes=False, **settings)
+
+    async def fit_combiners(self, val_records: list[Record]) -> None:
+        """One calibrated combiner per judge subset, on validation answers at every level."""
+        assert self.resources is not None
+        results = await self._run(
+            "validation judge signals",
+            val_records,
+            self.context(combiner="static", escalation_threshold=1.01, max_levels=3),
+            keep_trace=True,
+        )
+        traces = traces_from_results(val_records, results, JUDGES)
+        self.resources.combiners = fit_book(traces.signals())
 
     def _subset(self, records: list[Record]) -> list[Record]:
         return records[: self.limit] if self.limit else records
@@ -405,6 +428,7 @@ class Evaluation:
         val_m = Matrices.build(val, pool)
         val_singles = val_m.single_rows()
         val_best = max(val_singles, key=lambda r: r.accuracy)
+        await self.fit_combiners(val)
         main, cheap, grid = await self.choose_operating_points(val, val_best)
         best_j = pool.names.index(val_best.name)
         pair = choose_disagreement_pair(val_m, best_j, val_best.cost_per_1k_usd)
@@ -455,6 +479,16 @@ class Evaluation:
                 context = self.context(**{**full_settings, **settings, "max_levels": depth + 1})
                 ablation.append(router_row(label, await self._run(label, test, context)))
         rows += ablation + [full, cheap_row]
+
+        # The paper's signal ablation: the full cascade at its chosen threshold, one judge
+        # dropped at a time (the combiner of the remaining judges was fitted without it).
+        signals: list[Row] = []
+        for dropped in JUDGES:
+            kept = tuple(j for j in JUDGES if j != dropped)
+            label = f"full without {dropped}"
+            context = self.context(**{**full_settings, "judges": kept})
+            signals.append(router_row(label, await self._run(label, test, context)))
+        rows += signals
 
         # One run that never stops early gives the whole threshold sweep exactly.
         never_stop = await self._run(

@@ -31,7 +31,9 @@ def plan_cascade(
        never pay more for a predicted success a cheaper model already offers.
     3. The top of the cascade maximizes p - cost_weight * (USD per 1k queries); costlier
        models beyond it are not worth their price at this weight.
-    4. Longer than `max_levels`: keep the cheapest levels and the top.
+    4. Longer than `max_levels`: keep the strongest levels, i.e. the top and the models just
+       below it. A weak first model is rarely trusted by the judges: its call is paid for
+       and then escalated past.
     """
     pool = sorted(options, key=lambda c: (c["expected_cost_usd"], -c["p_success"], c["model"]))
     if not pool:
@@ -47,6 +49,4 @@ def plan_cascade(
     top = max(range(len(frontier)), key=lambda i: (utility[i], -i))
     frontier = frontier[: top + 1]
     levels = max(1, max_levels)
-    if len(frontier) > levels:
-        frontier = frontier[: levels - 1] + [frontier[-1]]
-    return frontier
+    return frontier[-levels:]

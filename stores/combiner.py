@@ -199,9 +199,23 @@ def fit_combiner(signals: JudgeSignals, l2: float = 1.0) -> LearnedCombiner:
             f"got {len(signals)} ({int(signals.labels.sum())} right). Fix: fit on a larger "
             f"validation split."
         )
-    coef, intercept = fit_logistic(_design(signals.scores), signals.labels, l2)
+    design = _design(signals.scores)
     j = len(signals.judges)
-    return LearnedCombiner(signals.judges, coef[:j], coef[j:], intercept, {"answers": len(signals)})
+    # Every judge says "higher = more likely right"; a negative weight only fits noise or
+    # the overlap of two judges (the verifier already contains the memory prior). So a
+    # judge whose weight comes out negative is left out and the rest refitted, until none
+    # is (an active set; abstention offsets stay free).
+    active = np.ones(2 * j, dtype=bool)
+    while True:
+        coef = np.zeros(2 * j)
+        coef[active], intercept = fit_logistic(design[:, active], signals.labels, l2)
+        negative = np.flatnonzero(coef[:j] < 0)
+        if not len(negative):
+            break
+        active[negative] = False
+    zeroed = [signals.judges[i] for i in range(j) if not active[i]]
+    info = {"answers": len(signals), "zero_weight": zeroed}
+    return LearnedCombiner(signals.judges, coef[:j], coef[j:], intercept, info)
 
 
 def cross_validated(signals: JudgeSignals, folds: int = 5, seed: int = 0) -> np.ndarray:

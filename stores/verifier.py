@@ -24,11 +24,10 @@ unpickles code and scoring one answer costs well under a millisecond.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from emafusion.stores.answers import LETTERS, extract_choice
+from emafusion.stores.atomic import write_bytes_atomic, write_text_atomic
 from emafusion.stores.memory import OutcomeMemory
 from emafusion.stores.metrics import auroc
 from emafusion.stores.recordings import Record
@@ -386,14 +386,13 @@ class LearnedVerifier:
             "projection": self.space.projection.astype(np.float64),
             **self.trees.arrays(),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{VERIFIER_NPZ}.", suffix=".npz", dir=directory)
-        os.close(fd)
-        try:
-            np.savez(tmp, **arrays)  # type: ignore[arg-type]
-            digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-            os.replace(tmp, directory / VERIFIER_NPZ)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        blob = buffer.getvalue()
+        digest = hashlib.sha256(blob).hexdigest()
+        # The arrays first, then the manifest naming their digest: a crash in between
+        # leaves a mismatch that load() reports, never a silently mixed verifier.
+        write_bytes_atomic(directory / VERIFIER_NPZ, blob)
         meta = {
             "format_version": FORMAT_VERSION,
             "models": list(self.models),
@@ -458,15 +457,7 @@ def load_verifier(
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 # --- training ------------------------------------------------------------------------------
@@ -512,6 +503,7 @@ def train_verifier(
     record's own query out, so the labels never leak through the neighbours.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     settings = settings or VerifierSettings()
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -528,17 +520,20 @@ def train_verifier(
     space = FeatureSpace(models, settings.k, embedder_id, mean, projection)
     started = time.perf_counter()
     features = space.features(memory, vectors, pairs, exclude_ids=[r.id for r in records])
-    classifier = HistGradientBoostingClassifier(
-        max_iter=settings.max_iter,
-        learning_rate=settings.learning_rate,
-        max_leaf_nodes=settings.max_leaf_nodes,
-        min_samples_leaf=settings.min_samples_leaf,
-        l2_regularization=settings.l2_regularization,
-        early_stopping=True,
-        validation_fraction=0.1,
-        n_iter_no_change=20,
-        random_state=settings.seed,
-    ).fit(features, pairs.labels)
+    # One OpenMP thread: on a machine shared with other work, libgomp's spinning threads
+    # slowed this fit from 15 s to minutes; alone on two cores one thread costs ~1.5x.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        classifier = HistGradientBoostingClassifier(
+            max_iter=settings.max_iter,
+            learning_rate=settings.learning_rate,
+            max_leaf_nodes=settings.max_leaf_nodes,
+            min_samples_leaf=settings.min_samples_leaf,
+            l2_regularization=settings.l2_regularization,
+            early_stopping=True,
+            validation_fraction=0.1,
+            n_iter_no_change=20,
+            random_state=settings.seed,
+        ).fit(features, pairs.labels)
     trees = export_trees(classifier)
     sample = features[:: max(1, len(features) // 2000)]
     exported = trees.raw(sample)

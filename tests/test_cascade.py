@@ -21,9 +21,9 @@ def test_dominated_models_are_never_planned() -> None:
     assert [c["model"] for c in plan_cascade(options, max_levels=5)] == ["a", "c"]
 
 
-def test_levels_keep_the_cheapest_and_the_best() -> None:
+def test_levels_keep_the_strongest() -> None:
     options = [_c(str(i), 0.1 * (i + 1), 1e-4 * (i + 1)) for i in range(6)]
-    assert [c["model"] for c in plan_cascade(options, max_levels=3)] == ["0", "1", "5"]
+    assert [c["model"] for c in plan_cascade(options, max_levels=3)] == ["3", "4", "5"]
     assert [c["model"] for c in plan_cascade(options, max_levels=1)] == ["5"]
 
 

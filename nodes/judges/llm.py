@@ -140,7 +140,11 @@ class LLMJudge:
     ) -> JudgeResult:
         spec, model = judge_model(resources, context)
         messages = judge_messages(task["query"], task["answer"] or "")
-        structured = model.with_structured_output(LLMVerdict, include_raw=True)
+        # Function calling, not json_schema: with json_schema the openai SDK parses the reply
+        # itself and raises on bad JSON, losing the raw reply and so the cost of the call.
+        structured = model.with_structured_output(
+            LLMVerdict, method="function_calling", include_raw=True
+        )
         out = await asyncio.wait_for(
             structured.ainvoke(messages, config={"tags": [JUDGE_TAG]}),
             timeout=spec.timeout_s or context.model_timeout_s,

@@ -160,13 +160,12 @@ def collect_traces(session: Session, split: Split, judges: Sequence[str]) -> Cas
 def traces_from_results(
     records: Sequence[Record], results: Sequence[QueryResult], judges: Sequence[str]
 ) -> CascadeTraces:
-    judged = [
-        [e["data"] for e in r.trace if e["event"] == "judged" and e["data"]["status"] == "answered"]
-        for r in results
-    ]
+    every = [[e["data"] for e in r.trace if e["event"] == "judged"] for r in results]
+    judged = [[d for d in events if d["status"] == "answered"] for events in every]
     levels = max((len(j) for j in judged), default=0)
     shape = (len(records), levels)
     scores = np.full((*shape, len(judges)), np.nan)
+    final_scores = np.full((*shape, len(judges)), np.nan)
     judge_costs = np.zeros((*shape, len(judges)))
     model_costs = np.zeros(shape)
     correct = np.zeros(shape)
@@ -181,6 +180,14 @@ def traces_from_results(
                 score = data["judges"].get(judge)
                 scores[q, level, j] = np.nan if score is None else score
                 judge_costs[q, level, j] = data["judge_costs"].get(judge, 0.0)
+        # Scores as they stood after the last attempt (agreement re-scored by decide).
+        if every[q]:
+            now = every[q][-1]["scores_now"]
+            answered_at = [i for i, d in enumerate(every[q]) if d["status"] == "answered"]
+            for level, i in enumerate(answered_at):
+                for j, judge in enumerate(judges):
+                    score = now[i].get(judge)
+                    final_scores[q, level, j] = np.nan if score is None else score
     return CascadeTraces(
         tuple(judges),
         scores,
@@ -189,6 +196,7 @@ def traces_from_results(
         correct,
         answered,
         tuple(r.id for r in records),
+        final_scores,
     )
 
 
@@ -317,7 +325,8 @@ def cmd_judges_train(args: argparse.Namespace) -> int:
     # The recommended settings use the selected judges; `judges threshold` gives any other set.
     selected = fitted.selection.selected
     traces = val.select(selected)
-    choice = select_threshold(traces, _learned_confidence(traces, fitted.book, selected), goal)
+    confidence, fallback = _learned_confidence(traces, fitted.book, selected)
+    choice = select_threshold(traces, confidence, goal, fallback)
     _print_choice("learned", choice, selected)
     return 0
 
@@ -337,15 +346,22 @@ def _goal(args: argparse.Namespace) -> Goal | None:
 
 def _learned_confidence(
     traces: CascadeTraces, book: CombinerBook, judges: Sequence[str]
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence when judged, confidence after the last level) per level."""
     combiner = book.get(judges)
-    return traces.select(combiner.judges).confidence(combiner.predict)
+    chosen = traces.select(combiner.judges)
+    return chosen.confidence(combiner.predict), chosen.final_confidence(combiner.predict)
 
 
 def _static_confidence(
     traces: CascadeTraces, judges: Sequence[str], weights: dict[str, float]
-) -> np.ndarray:
-    return traces.select(judges).confidence(lambda s: static_confidence(s, judges, weights))
+) -> tuple[np.ndarray, np.ndarray]:
+    chosen = traces.select(judges)
+
+    def combine(s: np.ndarray) -> np.ndarray:
+        return static_confidence(s, judges, weights)
+
+    return chosen.confidence(combine), chosen.final_confidence(combine)
 
 
 def _default_goal(session: Session) -> Goal:
@@ -383,7 +399,8 @@ def cmd_judges_threshold(args: argparse.Namespace) -> int:
         confidence = _learned_confidence(val, session.resources.combiners, session.judges)
     else:
         confidence = _static_confidence(val, session.judges, session.context.judge_weights)
-    _print_choice(args.combiner, select_threshold(val, confidence, goal), session.judges)
+    conf, final = confidence
+    _print_choice(args.combiner, select_threshold(val, conf, goal, final), session.judges)
     return 0
 
 
@@ -575,8 +592,9 @@ def cmd_judges_report(args: argparse.Namespace) -> int:
                 if combiner == "learned"
                 else _static_confidence(traces, subset, weights)
             )
-        choice = select_threshold(val.select(subset), confidences[0], goal)
-        replay = simulate(test.select(subset), confidences[1], choice.threshold)
+        (val_conf, val_final), (test_conf, test_final) = confidences
+        choice = select_threshold(val.select(subset), val_conf, goal, val_final)
+        replay = simulate(test.select(subset), test_conf, choice.threshold, test_final)
         graph_result, _ = _graph_result(session, subset, combiner, choice.threshold, "test")
         rows.append(CascadeRow(name, subset, combiner, choice, graph_result, replay))
     print(

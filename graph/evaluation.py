@@ -275,10 +275,14 @@ def stop_at_threshold(
         if step["status"] == "answered" and (confidence is None or confidence >= threshold):
             chosen, spent, called = step, step["spent_usd"], index + 1
             break
-    if chosen is None:
-        answered = [s for s in judged if s["status"] == "answered"]
+    if chosen is None and judged:
+        # Nothing cleared: the most confident answer as confidences stand at the end
+        # (earlier ones re-scored for agreement), the later one on ties.
+        final = judged[-1]["confidences"]
+        answered = [i for i, s in enumerate(judged) if s["status"] == "answered"]
         if answered:
-            chosen = max(reversed(answered), key=lambda s: s["confidence"] or 0.0)
+            best = max(reversed(answered), key=lambda i: final[i] or 0.0)
+            chosen = judged[best]
     if chosen is None:
         return 0.0, spent, called
     outcome = record.outcomes.get(chosen["model"])

@@ -16,6 +16,7 @@ from langgraph.runtime import Runtime
 from emafusion.graph.context import Context
 from emafusion.graph.state import JudgeVerdict, RouterState
 from emafusion.nodes.events import emit
+from emafusion.nodes.judges.agreement import agreement_with
 from emafusion.nodes.resources import load_resources
 from emafusion.stores.combiner import CombinerError
 
@@ -35,7 +36,17 @@ def combine(verdicts: Sequence[JudgeVerdict], weights: Mapping[str, float]) -> f
 
 async def confidence_of(verdicts: Sequence[JudgeVerdict], context: Context) -> float | None:
     """The combined confidence `Context.combiner` asks for (static mean or learned)."""
+    return await confidence_from_scores({v["judge"]: v["score"] for v in verdicts}, context)
+
+
+async def confidence_from_scores(
+    scores: Mapping[str, float | None], context: Context
+) -> float | None:
     if context.combiner == "static":
+        verdicts = [
+            JudgeVerdict(judge=j, attempt=0, score=s, cost_usd=0.0, detail="", latency_ms=0.0)
+            for j, s in scores.items()
+        ]
         return combine(verdicts, context.judge_weights)
     if context.combiner != "learned":
         raise ValueError(
@@ -50,7 +61,22 @@ async def confidence_of(verdicts: Sequence[JudgeVerdict], context: Context) -> f
     # The learned combiner of exactly the configured judges: a judge that is left out was
     # refitted without, not given a zero weight.
     combiner = resources.combiners.get(context.judges)
-    return combiner.combine({v["judge"]: v["score"] for v in verdicts})
+    return combiner.combine(dict(scores))
+
+
+async def rescore_agreement(attempts: list[dict[str, Any]], query: str, context: Context) -> None:
+    """Agreement is mutual: when a later answer disagrees with an earlier one, the earlier
+    one loses the agreement it was credited with too. Without this, a stronger model that
+    contradicts a weaker one would lose the fallback to the answer it contradicted.
+    """
+    answered = [a for a in attempts if a["status"] == "answered"]
+    if "agreement" not in context.judges or len(answered) < 2:
+        return
+    for attempt in answered[:-1]:
+        others = [o["answer"] or "" for o in answered if o is not attempt]
+        result = agreement_with(attempt["answer"] or "", others, query)
+        attempt["judge_scores"] = {**attempt["judge_scores"], "agreement": result.score}
+        attempt["confidence"] = await confidence_from_scores(attempt["judge_scores"], context)
 
 
 async def decide(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -63,6 +89,7 @@ async def decide(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any
     current["judge_cost_usd"] = sum(v["cost_usd"] for v in verdicts)
     if current["status"] == "answered":
         current["confidence"] = await confidence_of(verdicts, context)
+    await rescore_agreement(attempts, state["query"], context)
     candidates = state.get("candidates", [])
     remaining = candidates[index + 1 :]
     spent = sum(a["cost_usd"] + a["judge_cost_usd"] for a in attempts)
@@ -96,6 +123,9 @@ async def decide(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any
         "model_cost_usd": current["cost_usd"],
         "decision": decision,
         "spent_usd": spent,
+        # Every attempt's confidence and judge scores as they stand now (agreement re-scored).
+        "confidences": [a["confidence"] for a in attempts],
+        "scores_now": [a["judge_scores"] for a in attempts],
     }
     events = [emit(runtime, "judged", **data)]
     if decision == "escalate":

@@ -338,6 +338,9 @@ class CascadeTraces:
     correct: np.ndarray
     answered: np.ndarray
     query_ids: tuple[str, ...] = ()
+    # Scores as they stand after the last level (agreement is re-scored when later answers
+    # arrive); the fallback choice when no level clears uses these. None: same as scores.
+    final_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         q, levels = self.answered.shape
@@ -367,6 +370,7 @@ class CascadeTraces:
             self.correct,
             self.answered,
             self.query_ids,
+            None if self.final_scores is None else self.final_scores[:, :, cols],
         )
 
     def signals(self) -> JudgeSignals:
@@ -382,9 +386,19 @@ class CascadeTraces:
 
     def confidence(self, combine: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """(queries, levels) confidence from `combine` of each answered level's scores."""
+        return self._combined(self.scores, combine)
+
+    def final_confidence(self, combine: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Confidence from the scores as they stand after the last level."""
+        scores = self.scores if self.final_scores is None else self.final_scores
+        return self._combined(scores, combine)
+
+    def _combined(
+        self, scores: np.ndarray, combine: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
         out = np.full(self.answered.shape, np.nan)
         if self.answered.any():
-            out[self.answered] = combine(self.scores[self.answered])
+            out[self.answered] = combine(scores[self.answered])
         return out
 
 
@@ -399,7 +413,12 @@ class CascadeResult:
     chosen: np.ndarray = field(repr=False, compare=False)  # (queries,) level returned; -1 none
 
 
-def simulate(traces: CascadeTraces, confidence: np.ndarray, threshold: float) -> CascadeResult:
+def simulate(
+    traces: CascadeTraces,
+    confidence: np.ndarray,
+    threshold: float,
+    fallback: np.ndarray | None = None,
+) -> CascadeResult:
     """The cascade at `threshold`, decided as `decide` and `finalize` decide.
 
     A level returns when its confidence clears the threshold (or no judge spoke); otherwise
@@ -413,7 +432,8 @@ def simulate(traces: CascadeTraces, confidence: np.ndarray, threshold: float) ->
     first = np.argmax(clears, axis=1)
     n_answered = answered.sum(axis=1)
     levels = np.where(any_clears, first + 1, n_answered)
-    filled = np.where(answered, np.nan_to_num(confidence, nan=0.0), -np.inf)
+    final = confidence if fallback is None else fallback
+    filled = np.where(answered, np.nan_to_num(final, nan=0.0), -np.inf)
     latest_best = n_levels - 1 - np.argmax(filled[:, ::-1], axis=1)
     chosen = np.where(any_clears, first, latest_best)
     chosen = np.where(n_answered > 0, chosen, -1)
@@ -476,18 +496,23 @@ class ThresholdChoice:
 
 
 def threshold_curve(
-    traces: CascadeTraces, confidence: np.ndarray, thresholds: np.ndarray | None = None
+    traces: CascadeTraces,
+    confidence: np.ndarray,
+    thresholds: np.ndarray | None = None,
+    fallback: np.ndarray | None = None,
 ) -> list[CascadeResult]:
     grid = candidate_thresholds(confidence) if thresholds is None else thresholds
-    return [simulate(traces, confidence, float(t)) for t in grid]
+    return [simulate(traces, confidence, float(t), fallback) for t in grid]
 
 
-def select_threshold(traces: CascadeTraces, confidence: np.ndarray, goal: Goal) -> ThresholdChoice:
+def select_threshold(
+    traces: CascadeTraces, confidence: np.ndarray, goal: Goal, fallback: np.ndarray | None = None
+) -> ThresholdChoice:
     """The threshold meeting `goal` on these traces (fit on validation, then used as is).
 
     Unreachable goals fall back to the closest point (most accurate, or cheapest) and say so.
     """
-    curve = threshold_curve(traces, confidence)
+    curve = threshold_curve(traces, confidence, fallback=fallback)
     acc = np.array([r.accuracy for r in curve])
     cost = np.array([r.cost_per_1k for r in curve])
     esc = np.array([r.escalation_rate for r in curve])

@@ -92,3 +92,35 @@ def test_unknown_judge_names_the_registered_ones() -> None:
     assert {"memory_prior", "answer_format"} <= set(registered_judges())
     with pytest.raises(KeyError, match="unknown judge 'oracle'.*answer_format"):
         get_judge("oracle")
+
+
+async def test_agreement_is_rescored_for_earlier_answers() -> None:
+    from emafusion.nodes.escalate import rescore_agreement
+
+    query = "Which?\nA. x\nB. y\nC. z"
+    attempts: list[dict[str, object]] = [
+        {
+            "status": "answered",
+            "answer": "The answer is (A).",
+            "confidence": 0.9,
+            "judge_scores": {"memory_prior": 0.8, "agreement": None},
+        },
+        {"status": "failed", "answer": None, "confidence": None, "judge_scores": {}},
+        {
+            "status": "answered",
+            "answer": "The answer is (B).",
+            "confidence": 0.4,
+            "judge_scores": {"memory_prior": 0.8, "agreement": 0.0},
+        },
+    ]
+    context = Context(judges=("memory_prior", "agreement"))
+    await rescore_agreement(attempts, query, context)  # type: ignore[arg-type]
+    # The first answer is now contradicted too: its confidence falls to the same mean.
+    assert attempts[0]["judge_scores"] == {"memory_prior": 0.8, "agreement": 0.0}
+    assert attempts[0]["confidence"] == pytest.approx(0.4)
+    assert attempts[2]["confidence"] == 0.4  # the current attempt is judged by its judges
+    # Without the agreement judge nothing changes.
+    untouched = [dict(a) for a in attempts]
+    untouched[0]["confidence"] = 0.9
+    await rescore_agreement(untouched, query, Context(judges=("memory_prior",)))  # type: ignore[arg-type]
+    assert untouched[0]["confidence"] == 0.9

@@ -261,9 +261,11 @@ async def test_replay_matches_the_real_graph(
     )
     traces = traces_from_results(records, everything, judges)
     confidence = traces.confidence(lambda s: static_confidence(s, judges, {}))
+    # Agreement is re-scored as later answers arrive; the fallback choice uses the end state.
+    final = traces.final_confidence(lambda s: static_confidence(s, judges, {}))
     assert traces.answered.sum(axis=1).max() >= 2, "no cascade escalated; the test needs one"
     for threshold in np.quantile(confidence[traces.answered], [0.3, 0.7]):
-        replay = simulate(traces, confidence, float(threshold))
+        replay = simulate(traces, confidence, float(threshold), final)
         real = await run_graph(records, dataclasses.replace(base, escalation_threshold=threshold))
         assert [r.models_called for r in real] == replay.levels.tolist()
         assert np.mean([r.correct for r in real]) == pytest.approx(replay.accuracy)

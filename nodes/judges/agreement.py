@@ -40,36 +40,39 @@ def text_agreement(a: str, b: str) -> float:
     return len(wa & wb) / len(wa | wb)
 
 
+def agreement_with(answer: str, others: list[str], query: str) -> JudgeResult:
+    """How far `answer` agrees with the `others` (abstains when nothing is comparable)."""
+    earlier = [a for a in others if a and a.strip()]
+    if not earlier:
+        return JudgeResult(None, detail="no earlier answer to compare with")
+    n_options = option_count(query)
+    if n_options:
+        letters = [extract_choice(a, n_options) for a in earlier]
+        comparable = [letter for letter in letters if letter is not None]
+        if not comparable:
+            return JudgeResult(None, detail="no earlier answer chose an option")
+        mine = extract_choice(answer, n_options)
+        agree = sum(1 for letter in comparable if letter == mine) if mine else 0
+        return JudgeResult(
+            agree / len(comparable),
+            detail=f"chose {mine or 'nothing'}; earlier chose {', '.join(comparable)}",
+        )
+    if not answer.strip():
+        return JudgeResult(0.0, detail="empty answer")
+    overlaps = [text_agreement(answer, a) for a in earlier]
+    return JudgeResult(
+        sum(overlaps) / len(overlaps),
+        detail="text agreement with earlier answers: " + ", ".join(f"{o:.2f}" for o in overlaps),
+    )
+
+
 class AgreementJudge:
     name = "agreement"
 
     async def score(
         self, task: JudgeTask, resources: RouterResources, context: Context
     ) -> JudgeResult:
-        earlier = [a for a in task["earlier_answers"] if a and a.strip()]
-        if not earlier:
-            return JudgeResult(None, detail="no earlier answer to compare with")
-        answer = task["answer"] or ""
-        n_options = option_count(task["query"])
-        if n_options:
-            letters = [extract_choice(a, n_options) for a in earlier]
-            comparable = [letter for letter in letters if letter is not None]
-            if not comparable:
-                return JudgeResult(None, detail="no earlier answer chose an option")
-            mine = extract_choice(answer, n_options)
-            agree = sum(1 for letter in comparable if letter == mine) if mine else 0
-            return JudgeResult(
-                agree / len(comparable),
-                detail=f"chose {mine or 'nothing'}; earlier chose {', '.join(comparable)}",
-            )
-        if not answer.strip():
-            return JudgeResult(0.0, detail="empty answer")
-        overlaps = [text_agreement(answer, a) for a in earlier]
-        return JudgeResult(
-            sum(overlaps) / len(overlaps),
-            detail="text agreement with earlier answers: "
-            + ", ".join(f"{o:.2f}" for o in overlaps),
-        )
+        return agreement_with(task["answer"] or "", task["earlier_answers"], task["query"])
 
 
 register_judge(AgreementJudge())

@@ -19,26 +19,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from emafusion.stores.metrics import upper_concave_hull
+
 Point = tuple[float, float]  # (cost per 1k, accuracy)
 
 
 def upper_hull(points: Sequence[Point]) -> list[Point]:
     """Non-decreasing upper concave hull, cheapest point first."""
-    # At equal cost only the most accurate point matters.
-    pts = sorted(set(points), key=lambda p: (p[0], -p[1]))
-    hull: list[Point] = []
-    for p in pts:
-        if hull and (p[1] <= hull[-1][1] or p[0] == hull[-1][0]):
-            continue  # costs as much or more, no better: never on a non-decreasing hull
-        while len(hull) >= 2:
-            (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            # Drop the middle point when it lies on or below the chord.
-            if (y2 - y1) * (p[0] - x1) <= (p[1] - y1) * (x2 - x1):
-                hull.pop()
-            else:
-                break
-        hull.append(p)
-    return hull
+    return upper_concave_hull(sorted(set(points)), lambda p: p[0], lambda p: p[1])
 
 
 def hull_value(hull: Sequence[Point], cost: float) -> float:
@@ -62,9 +50,7 @@ def aiq(points: Sequence[Point], singles: Sequence[Point], samples: int = 2001) 
     return float(np.trapezoid(values, grid) / (c_max - c_min))
 
 
-def pgr_curve(
-    points: Sequence[Point], weak: Point, strong: Point
-) -> tuple[np.ndarray, np.ndarray]:
+def pgr_curve(points: Sequence[Point], weak: Point, strong: Point) -> tuple[np.ndarray, np.ndarray]:
     """(normalized cost, PGR) of the hull through the points and the weak model."""
     span_cost = strong[0] - weak[0]
     span_acc = strong[1] - weak[1]

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from emafusion.graph.state import Candidate
 from emafusion.stores.cost import cost_usd as usd_for
 from emafusion.stores.cost import estimate_usage
+from emafusion.stores.metrics import upper_concave_hull
 from emafusion.stores.pool import ModelSpec
 
 # A model with no cost history is priced as if it answered with this many tokens.
@@ -27,8 +28,9 @@ def plan_cascade(
     """The models to try, cheapest first.
 
     1. Models below `min_p_success` are not credible (unless none is: then the best one).
-    2. Sorted by expected cost, a model is kept only if it beats every cheaper kept model:
-       never pay more for a predicted success a cheaper model already offers.
+    2. A model is kept only on the upper concave hull of (expected cost, p): never pay more
+       for a predicted success a cheaper model already offers, nor for a marginal gain that
+       a mix of a cheaper and a stronger model beats (a near-tie at ten times the price).
     3. The top of the cascade maximizes p - cost_weight * (USD per 1k queries); costlier
        models beyond it are not worth their price at this weight.
     4. Longer than `max_levels`: keep the strongest levels, i.e. the top and the models just
@@ -41,10 +43,9 @@ def plan_cascade(
     credible = [c for c in pool if c["p_success"] >= min_p_success]
     if not credible:
         credible = [max(pool, key=lambda c: c["p_success"])]
-    frontier: list[Candidate] = []
-    for candidate in credible:
-        if not frontier or candidate["p_success"] > frontier[-1]["p_success"]:
-            frontier.append(candidate)
+    frontier = upper_concave_hull(
+        credible, lambda c: c["expected_cost_usd"], lambda c: c["p_success"]
+    )
     utility = [c["p_success"] - cost_weight * 1000.0 * c["expected_cost_usd"] for c in frontier]
     top = max(range(len(frontier)), key=lambda i: (utility[i], -i))
     frontier = frontier[: top + 1]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
 import numpy as np
+
+T = TypeVar("T")
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -40,3 +45,27 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if mask.any():
             total += mask.sum() * abs(labels[mask].mean() - probs[mask].mean())
     return total / max(1, len(probs))
+
+
+def upper_concave_hull(
+    items: Sequence[T], cost: Callable[[T], float], value: Callable[[T], float]
+) -> list[T]:
+    """The items on the non-decreasing upper concave hull of (cost, value), cheapest first.
+
+    An item is dropped when a cheaper one is worth as much, or when it lies on or below the
+    chord between its neighbours: mixing those two would give as much for the same cost.
+    """
+    ordered = sorted(items, key=lambda it: (cost(it), -value(it)))
+    hull: list[T] = []
+    for item in ordered:
+        if hull and (value(item) <= value(hull[-1]) or cost(item) == cost(hull[-1])):
+            continue
+        while len(hull) >= 2:
+            x1, y1 = cost(hull[-2]), value(hull[-2])
+            x2, y2 = cost(hull[-1]), value(hull[-1])
+            if (y2 - y1) * (cost(item) - x1) <= (value(item) - y1) * (x2 - x1):
+                hull.pop()
+            else:
+                break
+        hull.append(item)
+    return hull

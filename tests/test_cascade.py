@@ -22,7 +22,8 @@ def test_dominated_models_are_never_planned() -> None:
 
 
 def test_levels_keep_the_strongest() -> None:
-    options = [_c(str(i), 0.1 * (i + 1), 1e-4 * (i + 1)) for i in range(6)]
+    # Diminishing returns (a concave curve): every model is on the hull.
+    options = [_c(str(i), 1 - 0.5 ** (i + 1), 1e-4 * (i + 1)) for i in range(6)]
     assert [c["model"] for c in plan_cascade(options, max_levels=3)] == ["3", "4", "5"]
     assert [c["model"] for c in plan_cascade(options, max_levels=1)] == ["5"]
 
@@ -124,3 +125,9 @@ async def test_agreement_is_rescored_for_earlier_answers() -> None:
     untouched[0]["confidence"] = 0.9
     await rescore_agreement(untouched, query, Context(judges=("memory_prior",)))  # type: ignore[arg-type]
     assert untouched[0]["confidence"] == 0.9
+
+
+def test_a_near_tie_at_ten_times_the_price_is_not_planned() -> None:
+    # claude-like: barely better than "yi" at ten times its price; "top" is clearly better.
+    options = [_c("yi", 0.897, 4e-4), _c("pricey", 0.899, 4e-3), _c("top", 0.948, 5e-3)]
+    assert [c["model"] for c in plan_cascade(options, max_levels=3)] == ["yi", "top"]

@@ -83,14 +83,23 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax.plot(
         [p[0] for p in hull], [p[1] for p in hull], "--", color="#9ca3af", label="zero-router hull"
     )
-    sweep = sorted(results["sweep"], key=lambda r: r["cost_per_1k_usd"])
+    points = [(r["cost_per_1k_usd"], r["accuracy"]) for r in results["sweep"]]
+    ax.scatter(
+        [p[0] for p in points],
+        [p[1] for p in points],
+        s=6,
+        color="#93c5fd",
+        label="router settings (threshold x cost-weight sweep)",
+        zorder=2,
+    )
+    frontier = upper_hull(points)
     ax.plot(
-        [r["cost_per_1k_usd"] for r in sweep],
-        [r["accuracy"] for r in sweep],
+        [p[0] for p in frontier],
+        [p[1] for p in frontier],
         "-o",
         color="#2563eb",
         markersize=4,
-        label="full router (threshold sweep)",
+        label="router frontier",
     )
     for name, marker, color in (
         ("full (validation-chosen)", "*", "#dc2626"),

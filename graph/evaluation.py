@@ -44,6 +44,8 @@ THRESHOLD_GRID = tuple(round(0.30 + 0.01 * i, 2) for i in range(70))
 LEVEL_GRID = (2, 3)
 FLOOR_GRID = (0.0, 0.5, 0.65)
 MARGIN_GRID = (0.1, 0.3, 1.0)
+# Cost weights (success probability per $ per 1k queries) for the router's trade-off curve.
+COST_WEIGHTS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 SWEEP = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.01)
 # Every offline judge; the learned combiner weighs them (see stores/combiner.py).
 JUDGES = ("memory_prior", "answer_format", "agreement", "verifier")
@@ -502,6 +504,18 @@ class Evaluation:
             keep_trace=True,
         )
         sweep = [read_off_row(f"sweep t={t}", never_stop, test, t) for t in SWEEP]
+        # The router's cheaper operating points: a price on each point of success
+        # probability makes the cascade stop at cheaper top models.
+        for weight in COST_WEIGHTS:
+            runs = await self._run(
+                f"cost-weight sweep w={weight}",
+                test,
+                self.context(
+                    **{**full_settings, "escalation_threshold": 1.01, "cost_weight": weight}
+                ),
+                keep_trace=True,
+            )
+            sweep += [read_off_row(f"sweep w={weight} t={t}", runs, test, t) for t in SWEEP]
 
         everything = router_row(
             "full (validation-chosen), all queries",

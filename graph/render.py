@@ -44,7 +44,7 @@ def _edges(compiled: CompiledStateGraph) -> tuple[list[str], list[tuple[str, str
 
 def _label(node: str) -> str:
     if node.startswith(ERROR_PREFIX):
-        return f"{node[len(ERROR_PREFIX):]} failed"
+        return f"{node[len(ERROR_PREFIX) :]} failed"
     return node.strip("_") if node in ("__start__", "__end__") else node
 
 

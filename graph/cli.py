@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from emafusion.graph.cli_args import add_source_args
 from emafusion.graph.cli_ask import add_ask_commands
 from emafusion.graph.cli_eval import add_eval_commands
 from emafusion.graph.cli_judges import add_judges_commands
@@ -25,25 +26,6 @@ from emafusion.stores.pool import (
 from emafusion.stores.recordings import RecordSet, load_dataset, write_jsonl
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _add_source_args(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", choices=DATASETS, help="a published recording set")
-    source.add_argument(
-        "--recordings", type=Path, metavar="FILE.jsonl", help="your own recordings (JSON Lines)"
-    )
-    parser.add_argument(
-        "--pool", type=Path, metavar="FILE", help="pool file (TOML) for prices; default per dataset"
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, help="recordings directory (default: $EMAFUSION_DATA_DIR, ...)"
-    )
-    parser.add_argument(
-        "--skip-invalid",
-        action="store_true",
-        help="skip invalid JSONL lines (and count them) instead of stopping at the first",
-    )
 
 
 def _load(args: argparse.Namespace) -> RecordSet:
@@ -148,11 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_commands.add_parser(
         "check", help="per model: records, accuracy, cost per 1k queries; split sizes"
     )
-    _add_source_args(check)
+    add_source_args(check)
     check.set_defaults(handler=cmd_data_check)
 
     export = data_commands.add_parser("export", help="write recordings as JSON Lines")
-    _add_source_args(export)
+    add_source_args(export)
     export.add_argument("--out", type=Path, required=True, metavar="FILE.jsonl")
     export.set_defaults(handler=cmd_data_export)
 

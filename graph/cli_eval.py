@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from emafusion.graph.cli_args import add_source_args
 from emafusion.graph.cli_memory import load_records, pool_for, taxonomy_for
 from emafusion.graph.eval_report import markdown, write_results
 from emafusion.graph.evaluation import Evaluation, limit_records
@@ -58,13 +59,8 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "eval", help="the main job: the router vs single models and baselines on recordings"
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", choices=("mmlu-pro", "routerbench"))
-    source.add_argument("--recordings", type=Path, metavar="FILE.jsonl")
-    parser.add_argument("--pool", type=Path, metavar="FILE", help="needed with --recordings")
+    add_source_args(parser)
     parser.add_argument("--taxonomy", type=Path)
-    parser.add_argument("--data-dir", type=Path)
-    parser.add_argument("--skip-invalid", action="store_true")
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument("--out", type=Path, help="default: results/<dataset>/")
     parser.add_argument("--concurrency", type=int, default=4)

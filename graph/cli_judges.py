@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from emafusion.graph.cli_args import add_source_args
 from emafusion.graph.context import Context
 from emafusion.graph.evaluate import QueryResult, run_graph
 from emafusion.nodes.judges import get_judge
@@ -668,11 +669,7 @@ def _since(started: float) -> str:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--dataset", choices=("mmlu-pro", "routerbench"))
-    group.add_argument("--recordings", type=Path, metavar="FILE.jsonl")
-    parser.add_argument("--pool", type=Path, metavar="FILE")
-    parser.add_argument("--data-dir", type=Path)
+    add_source_args(parser, skip_invalid=False)
     parser.add_argument(
         "--router-dir", type=Path, metavar="DIR", help="memory, verifier, combiner (default: cache)"
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emafusion.graph.cli_args import add_source_args
 from emafusion.stores.artifacts import RouterArtifacts, build_router_artifacts, embed_records
 from emafusion.stores.embeddings import default_embedder
 from emafusion.stores.memory import MemorySettings
@@ -121,7 +122,7 @@ def add_memory_commands(commands: argparse._SubParsersAction) -> None:
     actions = memory.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
 
     build = actions.add_parser("build", help="build memory + classifier from recordings")
-    _source(build)
+    add_source_args(build)
     build.add_argument("--split", choices=SPLITS, action="append", help="default: train")
     build.add_argument("--calibrate-on", choices=SPLITS, help="held-out split for calibration")
     build.add_argument("--index", choices=("flat", "hnsw"), default="flat")
@@ -130,18 +131,9 @@ def add_memory_commands(commands: argparse._SubParsersAction) -> None:
     build.set_defaults(handler=cmd_memory_build)
 
     report = actions.add_parser("report", help="AUROC of predicted success on a held-out split")
-    _source(report)
+    add_source_args(report)
     report.add_argument("--split", choices=SPLITS, default="validation")
     report.add_argument("--router-dir", type=Path, help="built artifacts (default: build now)")
     report.add_argument("--taxonomy", type=Path)
     report.add_argument("-k", type=int, default=20)
     report.set_defaults(handler=cmd_memory_report)
-
-
-def _source(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--dataset", choices=("mmlu-pro", "routerbench"))
-    group.add_argument("--recordings", type=Path, metavar="FILE.jsonl")
-    parser.add_argument("--pool", type=Path, metavar="FILE")
-    parser.add_argument("--data-dir", type=Path)
-    parser.add_argument("--skip-invalid", action="store_true")

@@ -21,6 +21,24 @@ _PATTERNS = (
 )
 
 
+_OPTION_LINE = re.compile(r"^\s*([A-J])[.)]\s", re.MULTILINE)
+
+
+def option_count(query: str) -> int:
+    """Number of lettered options of the query's final question (0: not multiple choice).
+
+    Only the last blank-line-separated block counts: worked examples before it carry their
+    own options.
+    """
+    question = query.rsplit("\n\n", 1)[-1]
+    count = 0
+    for expected, found in zip(LETTERS, _OPTION_LINE.findall(question), strict=False):
+        if expected != found:
+            break
+        count += 1
+    return count if count >= 2 else 0
+
+
 def extract_choice(text: str | None, n_options: int = len(LETTERS)) -> str | None:
     """The chosen option letter, or None when the text commits to no valid option."""
     if not text:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from emafusion.stores.answers import LETTERS, extract_choice
+from emafusion.stores.answers import LETTERS, extract_choice, option_count
 from emafusion.stores.atomic import write_bytes_atomic, write_text_atomic
 from emafusion.stores.memory import OutcomeMemory
 from emafusion.stores.metrics import auroc
@@ -55,28 +55,12 @@ class VerifierError(ValueError):
 
 # --- text features ------------------------------------------------------------------------
 
-_OPTION_LINE = re.compile(r"^\s*([A-J])[.)]\s", re.MULTILINE)
 _OPTION_MENTION = re.compile(r"\(([A-J])\)")
 _HEDGE = re.compile(
     r"\b(however|not sure|unsure|unclear|approximately|cannot|can't|assume|might|maybe|"
     r"perhaps|possibly|it depends)\b",
     re.IGNORECASE,
 )
-
-
-def option_count(query: str) -> int:
-    """Lettered options of the query's final question (0: not multiple choice).
-
-    The same rule as `emafusion.nodes.judges.answer_format.option_count` (a test keeps them
-    equal); repeated here because stores must not import nodes.
-    """
-    question = query.rsplit("\n\n", 1)[-1]
-    count = 0
-    for expected, found in zip(LETTERS, _OPTION_LINE.findall(question), strict=False):
-        if expected != found:
-            break
-        count += 1
-    return count if count >= 2 else 0
 
 
 TEXT_FEATURES = (

@@ -9,7 +9,7 @@ from emafusion.graph.state import Candidate, JudgeTask, JudgeVerdict
 from emafusion.nodes.cascade import plan_cascade
 from emafusion.nodes.escalate import combine
 from emafusion.nodes.judges import get_judge, registered_judges
-from emafusion.nodes.judges.answer_format import option_count
+from emafusion.stores.answers import option_count
 
 
 def _c(model: str, p: float, cost: float) -> Candidate:

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 from emafusion.graph.context import Context
 from emafusion.graph.state import JudgeTask
 from emafusion.nodes.judges import JudgeResult, register_judge
-from emafusion.nodes.judges.answer_format import option_count
-from emafusion.stores.answers import extract_choice
+from emafusion.stores.answers import extract_choice, option_count
 
 if TYPE_CHECKING:
     from emafusion.nodes.resources import RouterResources

@@ -8,28 +8,15 @@ from typing import TYPE_CHECKING
 from emafusion.graph.context import Context
 from emafusion.graph.state import JudgeTask
 from emafusion.nodes.judges import JudgeResult, register_judge
-from emafusion.stores.answers import LETTERS, extract_choice
+from emafusion.stores.answers import LETTERS, extract_choice, option_count
 
 if TYPE_CHECKING:
     from emafusion.nodes.resources import RouterResources
 
-_OPTION_LINE = re.compile(r"^\s*([A-J])[.)]\s", re.MULTILINE)
 _REFUSAL = re.compile(
     r"\b(I can(?:no|')t (?:help|answer|assist)|I am unable to|as an AI language model)\b",
     re.IGNORECASE,
 )
-
-
-def option_count(query: str) -> int:
-    """Number of lettered options of the query's final question (0: not multiple choice)."""
-    question = query.rsplit("\n\n", 1)[-1]
-    letters = _OPTION_LINE.findall(question)
-    count = 0
-    for expected, found in zip(LETTERS, letters, strict=False):
-        if expected != found:
-            break
-        count += 1
-    return count if count >= 2 else 0
 
 
 class AnswerFormatJudge:

@@ -26,6 +26,9 @@ def write_bytes_atomic(path: Path | str, data: bytes | memoryview) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); keep the replaced file's mode, else the
+        # usual 0644 of a result others read.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -256,3 +256,14 @@ def test_modified_recording_fails_its_checksum(data_dir: Path, tmp_path: Path) -
     target.write_bytes(target.read_bytes().replace(b"Answer:", b"Answer;", 1))
     with pytest.raises(ChecksumMismatchError, match="winograde_test.csv.*emafusion data fetch"):
         dataset_files("routerbench", copy, download=False)
+
+
+def test_atomic_write_keeps_a_readable_mode(tmp_path: Path) -> None:
+    from emafusion.stores.atomic import write_text_atomic
+
+    fresh = write_text_atomic(tmp_path / "out" / "results.json", "{}")
+    assert fresh.stat().st_mode & 0o777 == 0o644
+    fresh.chmod(0o600)
+    write_text_atomic(fresh, "{ }")
+    assert fresh.stat().st_mode & 0o777 == 0o600 and fresh.read_text() == "{ }"
+    assert [p.name for p in fresh.parent.iterdir()] == ["results.json"]

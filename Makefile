@@ -32,7 +32,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy graph nodes stores
+	$(BIN)/mypy graph nodes stores cli evals train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,122 +1,201 @@
-"""Runtime settings of the router, passed as LangGraph's `context_schema`.
+"""Runtime settings of one run, passed as LangGraph's `context_schema`.
 
-A leaf module: it imports nothing of the project's. Paths are strings so the LangGraph
-server can take the context as JSON.
+A leaf module: it imports nothing of ours. Every field is a validated, JSON-serializable
+setting; nothing live (models, memories) and nothing that names a file, a directory or an
+environment variable. Those come from the deployment (`emafusion.nodes.resources.
+DeploymentSettings`: environment variables, `langgraph.json`, the command line), because a
+run's context is sent by a client, and a client must never make the server read its files,
+send its keys elsewhere, or write outside its configured router directory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import os
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-@dataclass(kw_only=True)
-class Context:
-    # --- where models and artifacts come from ---------------------------------------------
-    dataset: str | None = field(
-        default="mmlu-pro",
-        metadata={"description": "Recordings replay models answer from: mmlu-pro|routerbench."},
-    )
-    recordings: str | None = field(
-        default=None, metadata={"description": "A JSON Lines recordings file instead of dataset."}
-    )
-    pool: str | None = field(
-        default=None, metadata={"description": "Pool file (TOML); default: the dataset's pool."}
-    )
-    router_dir: str | None = field(
-        default=None,
-        metadata={
-            "description": "Built router artifacts (outcome memory + category classifier); "
-            "default: the user cache, built from the train split on first use."
-        },
-    )
-    taxonomy: str | None = field(
-        default=None, metadata={"description": "Taxonomy file; default: the dataset's."}
+# Settings that were once part of the context and now belong to the deployment; a client
+# that sends one gets this explanation rather than a bare "extra field".
+DEPLOYMENT_SETTINGS = {
+    "dataset": "EMAFUSION_DATASET",
+    "recordings": "EMAFUSION_RECORDINGS",
+    "pool": "EMAFUSION_POOL",
+    "router_dir": "EMAFUSION_ROUTER_DIR",
+    "taxonomy": "EMAFUSION_TAXONOMY",
+    "judge_pool": "EMAFUSION_JUDGE_POOL",
+    "data_dir": "EMAFUSION_DATA_DIR",
+    "save_memory": "EMAFUSION_PERSIST_OUTCOMES",
+    "api_key_env": "the pool file's api_key_env",
+    "base_url": "the pool file's base_url",
+    "resources": "emafusion.graph.make_graph(resources)",
+}
+
+
+class ContextError(ValueError):
+    """A run's settings that cannot be used; the message names the field and the fix."""
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ContextError(f"{name}={value!r}: expected 1/0, true/false, yes/no or on/off")
+
+
+def _schema_refuses_deployment_settings(schema: dict[str, Any]) -> None:
+    """Publish the deployment settings as keys no value satisfies (`"not": {}`).
+
+    The LangGraph server drops context keys its schema does not list before the graph
+    sees them; listed as refused, they reach the validator, and a client that names a
+    path gets an error saying where the setting belongs instead of a silent default.
+    """
+    properties = schema.setdefault("properties", {})
+    for key, where in DEPLOYMENT_SETTINGS.items():
+        properties[key] = {
+            "not": {},
+            "description": f"Refused: a deployment setting ({where}), never a run's.",
+        }
+
+
+class Context(BaseModel):
+    """How the router decides one query. Build with keywords; unknown names are refused."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        allow_inf_nan=False,
+        json_schema_extra=_schema_refuses_deployment_settings,
     )
 
     # --- classify ---------------------------------------------------------------------------
-    taxonomy_threshold: float = field(
+    taxonomy_threshold: float = Field(
         default=0.8,
-        metadata={"description": "Trust the taxonomy when its top category has this probability."},
+        ge=0.0,
+        le=1.01,
+        description="Trust the taxonomy when its top category has this probability "
+        "(above 1: never).",
     )
-    suitability_margin: float = field(
+    suitability_margin: float = Field(
         default=0.05,
-        metadata={
-            "description": "A model suits a category when its training accuracy there is within "
-            "this margin of the category's best model."
-        },
+        ge=0.0,
+        le=1.0,
+        description="A model suits a category when its training accuracy there is within "
+        "this margin of the category's best model.",
     )
-    llm_classifier: str | None = field(
-        default=None, metadata={"description": "Pool model used as the slow LLM classifier."}
+    llm_classifier: str | None = Field(
+        default=None, description="Pool model used as the slow LLM classifier."
     )
-    llm_classifier_weight: float = field(
-        default=0.0,
-        metadata={"description": "lambda in p = lambda * p_llm + (1 - lambda) * p_fast"},
+    llm_classifier_weight: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="lambda in p = lambda p_llm + (1-lambda) p_fast"
     )
-    refine_with_memory: bool = field(
-        default=True,
-        metadata={"description": "With a confident taxonomy, still order candidates by memory."},
+    refine_with_memory: bool = Field(
+        default=True, description="With a confident taxonomy, still order candidates by memory."
     )
 
     # --- predict ----------------------------------------------------------------------------
-    k: int = field(default=32, metadata={"description": "Neighbours the memory consults."})
-    cost_weight: float = field(
+    k: int = Field(default=32, ge=1, le=1024, description="Neighbours the memory consults.")
+    cost_weight: float = Field(
         default=0.0,
-        metadata={
-            "description": "USD per 1k queries traded for one point of success probability "
-            "when picking the first model (0: cheapest credible model first)."
-        },
+        ge=0.0,
+        description="Success probability traded for one USD per 1k queries when planning "
+        "(0: the most accurate credible plan).",
     )
-    min_p_success: float = field(
+    min_p_success: float = Field(
         default=0.0,
-        metadata={"description": "Candidates predicted below this success are skipped."},
+        ge=0.0,
+        le=1.0,
+        description="Candidates predicted below this success are skipped.",
     )
 
-    # --- judge and escalate ------------------------------------------------------------------
-    judges: tuple[str, ...] = field(
+    # --- judge and decide -------------------------------------------------------------------
+    judges: tuple[str, ...] = Field(
         default=("memory_prior", "answer_format"),
-        metadata={"description": "Judges to run on every answer, in parallel."},
+        description="Judges to run on every answer, in parallel (registered names).",
     )
-    judge_weights: dict[str, float] = field(
-        default_factory=dict, metadata={"description": "Weight per judge (default 1.0)."}
+    judge_weights: dict[str, float] = Field(
+        default_factory=dict, description="Weight per judge for the static combiner (1.0)."
     )
-    combiner: Literal["static", "learned"] = field(
+    combiner: Literal["static", "learned"] = Field(
         default="static",
-        metadata={
-            "description": "How judge scores become one confidence: 'static' (weighted mean, "
-            "judge_weights) or 'learned' (calibrated combiner fitted by `emafusion judges "
-            "train`, loaded from router_dir)."
-        },
+        description="How judge scores become one confidence: 'static' (weighted mean) or "
+        "'learned' (the calibrated combiner fitted by `emafusion judges train`).",
     )
-    llm_judge: str | None = field(
+    llm_judge: str | None = Field(
         default=None,
-        metadata={"description": "Model that the 'llm' judge asks (judge_pool, else the pool)."},
+        description="Model the 'llm' judge asks (from the deployment's judge pool, else the "
+        "pool).",
     )
-    judge_pool: str | None = field(
-        default=None,
-        metadata={"description": "Pool file (TOML) of judge models, apart from answering models."},
+    escalation_threshold: float = Field(
+        default=0.6, ge=0.0, le=1.0, description="Return once the confidence reaches this."
     )
-    escalation_threshold: float = field(
-        default=0.6, metadata={"description": "Return once the combined confidence reaches this."}
+    stop_early: bool = Field(
+        default=True,
+        description="False: call every planned level whatever the confidence (to record "
+        "traces for threshold selection); the last answer is chosen as usual.",
     )
-    max_levels: int = field(default=3, metadata={"description": "Most models called per query."})
-    budget_usd: float | None = field(
-        default=None, metadata={"description": "Most USD spent on one query (models + judges)."}
+    on_abstain: Literal["escalate", "return"] = Field(
+        default="escalate",
+        description="When no judge gave a score: escalate (fail closed) or return.",
     )
-    model_timeout_s: float = field(
-        default=60.0, metadata={"description": "Timeout of one model call, in seconds."}
+    on_judge_failure: Literal["escalate", "trust_others"] = Field(
+        default="escalate",
+        description="When a judge errors or returns garbage: never return on that answer "
+        "(fail closed), or judge it by the other judges alone.",
+    )
+    max_levels: int = Field(default=3, ge=1, le=64, description="Most models called per query.")
+    budget_usd: float | None = Field(
+        default=None, ge=0.0, description="Most USD spent on one query (models + judges)."
+    )
+    model_timeout_s: float = Field(
+        default=60.0, gt=0.0, le=3600.0, description="Timeout of one model call, in seconds."
     )
 
     # --- learning ---------------------------------------------------------------------------
-    record_outcomes: bool = field(
-        default=True,
-        metadata={"description": "Write judged outcomes back to the memory (off in evaluation)."},
-    )
-    save_memory: bool = field(
-        default=False,
-        metadata={"description": "Persist the memory to router_dir after recording an outcome."},
+    record_outcomes: bool = Field(
+        default_factory=lambda: _env_flag("EMAFUSION_RECORD_OUTCOMES", False),
+        description="Write judged outcomes back to the in-memory outcome memory "
+        "(default: $EMAFUSION_RECORD_OUTCOMES, else off). Whether they reach disk is the "
+        "deployment's choice.",
     )
 
-    # In-process callers (evaluation, tests) may hand over prebuilt resources; the server
-    # never does, and then they are loaded from the paths above.
-    resources: Any = field(default=None, repr=False, compare=False)
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_deployment_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            named = sorted(k for k in data if k in DEPLOYMENT_SETTINGS)
+            if named:
+                where = ", ".join(f"{k} ({DEPLOYMENT_SETTINGS[k]})" for k in named)
+                raise ValueError(
+                    f"a run's context cannot set {where}: files, directories and data "
+                    f"sources are the deployment's settings, never a run's. Fix: drop these "
+                    f"keys from the context and configure the server instead."
+                )
+        return data
+
+    @field_validator("judges", mode="after")
+    @classmethod
+    def _judge_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a judge twice: {list(value)}")
+        if any(not name.strip() for name in value):
+            raise ValueError("judge names must be non-empty")
+        return value
+
+    @field_validator("judge_weights", mode="after")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for judge, weight in value.items():
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"weight of {judge!r} must be a finite number >= 0")
+        return value
+
+    def replace(self, **changes: Any) -> Context:
+        """A validated copy with `changes` (model_copy would skip validation)."""
+        return Context(**{**self.model_dump(), **changes})

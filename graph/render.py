@@ -10,7 +10,6 @@ from langgraph.graph.state import CompiledStateGraph
 
 from emafusion.graph.router import graph as router_graph
 
-ERROR_PREFIX = "__error_handler__"
 # What each routing edge means; LangGraph knows the edges, not why they are taken.
 EDGE_LABELS = {
     ("classify", "predict"): "unsure, or refine",
@@ -18,33 +17,24 @@ EDGE_LABELS = {
     ("classify", "finalize"): "no candidate",
     ("predict", "finalize"): "no candidate",
     ("invoke_model", "judge"): "Send per judge",
-    ("invoke_model", "decide"): "no judges",
-    ("decide", "invoke_model"): "escalate",
-    ("decide", "finalize"): "return",
+    ("invoke_model", "decide"): "failed, or no judges",
+    ("decide", "invoke_model"): "escalate, or next after a failure",
+    ("decide", "finalize"): "return / exhausted / budget / max levels",
 }
 
 
 def _edges(compiled: CompiledStateGraph) -> tuple[list[str], list[tuple[str, str, bool, str]]]:
-    """Nodes and (source, target, conditional, label) edges, error handlers wired in."""
+    """Nodes and (source, target, conditional, label) edges."""
     drawable = compiled.get_graph()
     nodes = list(drawable.nodes)
     edges = [
         (e.source, e.target, e.conditional, EDGE_LABELS.get((e.source, e.target), ""))
         for e in drawable.edges
     ]
-    # LangGraph draws node-level error handlers without edges; they route by Command.
-    for node in nodes:
-        if node.startswith(ERROR_PREFIX):
-            failing = node[len(ERROR_PREFIX) :]
-            edges.append((failing, node, True, "error"))
-            edges.append((node, failing, True, "next candidate"))
-            edges.append((node, "finalize", True, "none left"))
     return nodes, edges
 
 
 def _label(node: str) -> str:
-    if node.startswith(ERROR_PREFIX):
-        return f"{node[len(ERROR_PREFIX) :]} failed"
     return node.strip("_") if node in ("__start__", "__end__") else node
 
 
@@ -76,8 +66,6 @@ def to_dot(compiled: CompiledStateGraph = router_graph) -> str:
         attrs = f'label="{_label(node)}"'
         if node in ("__start__", "__end__"):
             attrs += ', shape=oval, fillcolor="#d1d5db"'
-        elif node.startswith(ERROR_PREFIX):
-            attrs += ', fillcolor="#fee2e2"'
         lines.append(f'  "{node}" [{attrs}];')
     for source, target, conditional, label in edges:
         edge_attrs = ["style=dashed"] if conditional else []

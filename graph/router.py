@@ -1,26 +1,64 @@
 """The router graph: classify -> [predict] -> invoke_model -> judges (Send) -> decide.
 
-`builder` is the uncompiled graph (compile it with your own checkpointer); `graph` is it
-compiled without one, as `langgraph.json` serves it.
+`make_builder(resources)` wires the nodes to one set of resources (a `RouterResources`
+built by the caller, or a `ResourceSource` such as a deployment's `RouterDirectory`);
+`make_graph` compiles it. The module's `builder` and `graph` use the deployment configured
+by the environment (`DeploymentSettings.from_env`), loaded on the first run, which is what
+`langgraph.json` serves.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
 from emafusion.graph.context import Context
 from emafusion.graph.state import RouterInput, RouterOutput, RouterState
 from emafusion.nodes.classify import classify
-from emafusion.nodes.escalate import decide, route_after_decide
+from emafusion.nodes.decide import decide, route_after_decide
 from emafusion.nodes.finalize import finalize
-from emafusion.nodes.invoke import MODEL_RETRY, invoke_model, model_failed
-from emafusion.nodes.judge import fan_out_judges, judge
+from emafusion.nodes.invoke_model import invoke_model
+from emafusion.nodes.judge import JudgeInput, fan_out_judges, judge
 from emafusion.nodes.predict import predict
 from emafusion.nodes.record import record
-from emafusion.nodes.timing import timed
+from emafusion.nodes.resources import (
+    DeploymentSettings,
+    ResourceSource,
+    RouterDirectory,
+    RouterResources,
+    StaticResources,
+)
+
+NAME = "emafusion-router"
+ROUTER_MS = "router_ms"
+ResourceNode = Callable[[Any, Runtime[Context], RouterResources], Awaitable[dict[str, Any]]]
+
+
+def _bind(node: ResourceNode, source: ResourceSource, *, count_overhead: bool) -> Any:
+    """The node as LangGraph calls it, with the resources handed in.
+
+    Routing nodes add their own time to the router's overhead (`router_ms`), minus what
+    they spent waiting on a model (`excluded_ms`): under concurrency, wall time would count
+    the time a query waits while others run; node time does not.
+    """
+
+    async def run(state: Any, runtime: Runtime[Context]) -> dict[str, Any]:
+        started = time.perf_counter()
+        update = dict(await node(state, runtime, await source.aget()) or {})
+        excluded = float(update.pop("excluded_ms", 0.0))
+        if count_overhead:
+            elapsed = (time.perf_counter() - started) * 1000.0
+            update[ROUTER_MS] = max(0.0, elapsed - excluded)
+        return update
+
+    run.__name__ = run.__qualname__ = node.__name__
+    return run
 
 
 def route_after_classify(
@@ -37,30 +75,50 @@ def route_after_predict(state: RouterState) -> Literal["invoke_model", "finalize
     return "invoke_model" if state.get("candidates") else "finalize"
 
 
-builder = StateGraph(
-    RouterState, context_schema=Context, input_schema=RouterInput, output_schema=RouterOutput
-)
-# Routing nodes are timed so the overhead excludes model calls and waiting on other runs.
-builder.add_node("classify", timed(classify))
-builder.add_node("predict", timed(predict))
-builder.add_node(
-    "invoke_model",
-    timed(invoke_model),
-    retry_policy=MODEL_RETRY,
-    error_handler=model_failed,
-)
-builder.add_node("judge", judge)
-builder.add_node("decide", timed(decide))
-builder.add_node("finalize", finalize)
-builder.add_node("record", record)
+def _source(resources: RouterResources | ResourceSource | None) -> ResourceSource:
+    if resources is None:
+        return RouterDirectory(DeploymentSettings.from_env())
+    if isinstance(resources, RouterResources):
+        return StaticResources(resources)
+    return resources
 
-builder.add_edge(START, "classify")
-builder.add_conditional_edges("classify", route_after_classify)
-builder.add_conditional_edges("predict", route_after_predict)
-builder.add_conditional_edges("invoke_model", fan_out_judges, ["judge", "decide"])
-builder.add_edge("judge", "decide")
-builder.add_conditional_edges("decide", route_after_decide)
-builder.add_edge("finalize", "record")
-builder.add_edge("record", END)
 
-graph = builder.compile(name="emafusion-router")
+def make_builder(resources: RouterResources | ResourceSource | None = None) -> StateGraph:
+    """The uncompiled router over `resources` (default: the environment's deployment)."""
+    source = _source(resources)
+    builder = StateGraph(
+        RouterState, context_schema=Context, input_schema=RouterInput, output_schema=RouterOutput
+    )
+    builder.add_node("classify", _bind(classify, source, count_overhead=True))
+    builder.add_node("predict", _bind(predict, source, count_overhead=True))
+    builder.add_node("invoke_model", _bind(invoke_model, source, count_overhead=True))
+    builder.add_node(
+        "judge", _bind(judge, source, count_overhead=False), input_schema=JudgeInput
+    )
+    builder.add_node("decide", _bind(decide, source, count_overhead=True))
+    builder.add_node("finalize", finalize)
+    builder.add_node("record", _bind(record, source, count_overhead=False))
+
+    builder.add_edge(START, "classify")
+    builder.add_conditional_edges("classify", route_after_classify)
+    builder.add_conditional_edges("predict", route_after_predict)
+    builder.add_conditional_edges("invoke_model", fan_out_judges, ["judge", "decide"])
+    builder.add_edge("judge", "decide")
+    builder.add_conditional_edges("decide", route_after_decide)
+    builder.add_edge("finalize", "record")
+    builder.add_edge("record", END)
+    return builder
+
+
+def make_graph(
+    resources: RouterResources | ResourceSource | None = None,
+    *,
+    checkpointer: BaseCheckpointSaver | None = None,
+    name: str = NAME,
+) -> CompiledStateGraph:
+    """The compiled router over `resources` (default: the environment's deployment)."""
+    return make_builder(resources).compile(checkpointer=checkpointer, name=name)
+
+
+builder = make_builder()
+graph = builder.compile(name=NAME)

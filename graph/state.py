@@ -1,17 +1,37 @@
-"""The router's typed state. A leaf module: it imports nothing of the project's.
+"""The router's typed state and event payloads. A leaf module: it imports nothing of ours.
 
-TypedDicts (from typing_extensions) so that the LangGraph server can publish schemas.
+TypedDicts (from typing_extensions) so that the LangGraph server can publish schemas, and
+so that the state and every event serialize as plain JSON (checkpointers, the trace).
+
+The `decided` event is the contract between the graph and every replay: it carries the
+whole `CascadeView` the decision policy saw, so training and evaluation can ask the policy
+again under other settings (`emafusion.nodes.policy.replay`) and get the graph's answer.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
 RouteMode = Literal["taxonomy", "learned", "hybrid"]
 AttemptStatus = Literal["answered", "failed", "unavailable"]
+CandidateSource = Literal["taxonomy", "memory", "prior", "fallback"]
+# What the decide node concluded after an attempt:
+# return: a confident answer; escalate: call the next planned model; exhausted: no model
+# left to call; budget: the next call would break the budget; max_levels: the level cap.
+Decision = Literal["return", "escalate", "exhausted", "budget", "max_levels"]
+EventName = Literal[
+    "classified",
+    "predicted",
+    "invoking",
+    "failed",
+    "decided",
+    "escalating",
+    "returned",
+    "recorded",
+]
 
 
 class Candidate(TypedDict):
@@ -20,7 +40,7 @@ class Candidate(TypedDict):
     model: str
     p_success: float
     expected_cost_usd: float
-    source: str  # "taxonomy" | "memory" | "prior"
+    source: CandidateSource
 
 
 class JudgeVerdict(TypedDict):
@@ -30,6 +50,7 @@ class JudgeVerdict(TypedDict):
     cost_usd: float
     detail: str
     latency_ms: float
+    failed: bool  # the judge errored or returned garbage (fails closed; never a score)
 
 
 class Attempt(TypedDict):
@@ -43,17 +64,126 @@ class Attempt(TypedDict):
     cost_usd: float
     cost_source: str
     latency_ms: float
-    judge_scores: dict[str, float]
+    judge_scores: dict[str, float | None]
     judge_cost_usd: float
+    # Judges that could not judge this answer: it is never trusted (nor recorded) on them.
+    judges_failed: list[str]
     confidence: float | None
-    decision: str | None  # "return" | "escalate" | "exhausted" | "budget" | "max_levels"
+    decision: Decision | None
+
+
+class AttemptView(TypedDict):
+    """What the decision policy reads of one attempt (a projection of `Attempt`)."""
+
+    model: str
+    status: AttemptStatus
+    confidence: float | None
+    cost_usd: float
+    judge_cost_usd: float
+    judge_scores: dict[str, float | None]
+    judges_failed: list[str]
+
+
+class CascadeView(TypedDict):
+    """Everything the decision policy decides on, after the latest attempt."""
+
+    attempts: list[AttemptView]
+    # The model the plan would call next and what it is expected to cost (None: none left).
+    next_model: str | None
+    next_expected_cost_usd: float | None
+
+
+# --- event payloads ------------------------------------------------------------------------
+
+
+class ClassifiedEvent(TypedDict):
+    category: str
+    confidence: float
+    top: list[tuple[str, float]]
+    fused_llm: bool
+    route_mode: RouteMode
+    candidates: list[str]
+
+
+class PredictionSummary(TypedDict):
+    p_success: float
+    exploration_bonus: float
+    n_eff: float
+    prior: float
+    expected_cost_usd: float | None
+
+
+class PredictedEvent(TypedDict):
+    route_mode: RouteMode
+    predictions: dict[str, PredictionSummary]
+    neighbours: list[str]
+    candidates: list[str]
+
+
+class InvokingEvent(TypedDict):
+    model: str
+    level: int
+
+
+class FailedEvent(TypedDict):
+    model: str
+    error: str
+    unavailable: bool
+
+
+class DecidedEvent(TypedDict):
+    model: str
+    status: AttemptStatus
+    confidence: float | None
+    threshold: float
+    judge_costs: dict[str, float]
+    decision: Decision
+    reason: str
+    spent_usd: float
+    # The policy's whole input, as it stood (agreement re-scored): replays decide from it.
+    view: CascadeView
+
+
+class EscalatingEvent(TypedDict):
+    to: str
+    reason: str
+
+
+class ReturnedEvent(TypedDict):
+    model: str | None
+    confidence: float | None
+    cost_usd: float
+    escalation_path: list[str]
+    answered: bool
+    cost_sources: list[str]
+    reason: str
+
+
+class RecordedEvent(TypedDict):
+    query_id: str
+    models: list[str]
+
+
+EventData = (
+    ClassifiedEvent
+    | PredictedEvent
+    | InvokingEvent
+    | FailedEvent
+    | DecidedEvent
+    | EscalatingEvent
+    | ReturnedEvent
+    | RecordedEvent
+)
 
 
 class TraceEvent(TypedDict):
     """One decision, as streamed to custom-mode listeners and kept in the final state."""
 
-    event: str  # classified | predicted | invoking | failed | judged | escalating | returned
-    data: dict[str, Any]
+    event: EventName
+    data: EventData
+
+
+# --- graph input, output, state --------------------------------------------------------------
 
 
 class RouterInput(TypedDict):

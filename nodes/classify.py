@@ -16,10 +16,11 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
 from emafusion.graph.context import Context
-from emafusion.graph.state import Candidate, RouterState
-from emafusion.nodes.cascade import list_price_estimate, plan_cascade
+from emafusion.graph.state import Candidate, ClassifiedEvent, RouteMode, RouterState
 from emafusion.nodes.events import emit
-from emafusion.nodes.resources import RouterResources, load_resources
+from emafusion.nodes.planning import list_price_estimate, plan_cascade
+from emafusion.nodes.resources import RouterResources
+from emafusion.nodes.validate import check_run
 from emafusion.stores.recordings import routing_text
 
 
@@ -72,10 +73,14 @@ def suitable_options(
     ]
 
 
-async def classify(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
+async def classify(
+    state: RouterState, runtime: Runtime[Context], resources: RouterResources
+) -> dict[str, Any]:
     context = runtime.context or Context()
-    resources = await asyncio.to_thread(load_resources, context)
+    # Settings that name judges, models or combiners are checked before any call is paid.
+    check_run(context, resources)
     query = state["query"]
+    # Off the event loop: embedding is the one heavy computation of routing.
     vector = (await asyncio.to_thread(resources.embedder.embed, [routing_text(query)]))[0]
     probs = resources.classifier.predict_proba(vector)[0]
     llm_probs = await llm_category_probs(resources, context, query)
@@ -90,17 +95,19 @@ async def classify(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
     candidates = plan_cascade(
         options, context.max_levels, context.min_p_success, context.cost_weight
     )
-    mode = "taxonomy" if candidates else "learned"
+    mode: RouteMode = "taxonomy" if candidates else "learned"
     shown = sorted(zip(names, probs.tolist(), strict=True), key=lambda x: -x[1])[:5]
     event = emit(
         runtime,
         "classified",
-        category=category,
-        confidence=round(confidence, 4),
-        top=[(n, round(p, 4)) for n, p in shown],
-        fused_llm=llm_probs is not None,
-        route_mode=mode,
-        candidates=[c["model"] for c in candidates],
+        ClassifiedEvent(
+            category=category,
+            confidence=round(confidence, 4),
+            top=[(n, round(p, 4)) for n, p in shown],
+            fused_llm=llm_probs is not None,
+            route_mode=mode,
+            candidates=[c["model"] for c in candidates],
+        ),
     )
     return {
         "query_vector": vector.astype(float).tolist(),

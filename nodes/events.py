@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from langgraph.runtime import Runtime
 
 from emafusion.graph.context import Context
-from emafusion.graph.state import TraceEvent
+from emafusion.graph.state import EventData, EventName, TraceEvent
 
 
-def emit(runtime: Runtime[Context], event: str, **data: Any) -> TraceEvent:
+def emit(runtime: Runtime[Context], event: EventName, data: EventData) -> TraceEvent:
     item = TraceEvent(event=event, data=data)
     if runtime.stream_writer is not None:
         runtime.stream_writer({"emafusion": event, **data})

@@ -1,8 +1,11 @@
-"""judge: the fan-out target. Every configured judge scores the latest answer in parallel."""
+"""judge: the fan-out target. Every configured judge scores the latest answer in parallel.
+
+A judge that raises, or returns something that is not a score, is a failed verdict: the
+decision policy never trusts the answer on it (fail closed), and it is never recorded.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -13,7 +16,8 @@ from typing_extensions import TypedDict
 from emafusion.graph.context import Context
 from emafusion.graph.state import JudgeTask, JudgeVerdict, RouterState
 from emafusion.nodes.judges import get_judge
-from emafusion.nodes.resources import load_resources
+from emafusion.nodes.resources import RouterResources
+from emafusion.stores.redaction import redact
 
 
 class JudgeInput(TypedDict):
@@ -52,17 +56,20 @@ def fan_out_judges(state: RouterState, runtime: Runtime[Context]) -> list[Send] 
     ]
 
 
-async def judge(state: JudgeInput, runtime: Runtime[Context]) -> dict[str, Any]:
+async def judge(
+    state: JudgeInput, runtime: Runtime[Context], resources: RouterResources
+) -> dict[str, Any]:
     context = runtime.context or Context()
     task = state["judge_task"]
-    resources = await asyncio.to_thread(load_resources, context)
     started = time.perf_counter()
+    failed = False
     try:
         result = await get_judge(task["judge"]).score(task, resources, context)
-        score = result.score
-        cost, detail = result.cost_usd, result.detail
-    except Exception as exc:  # noqa: BLE001 - a broken judge abstains; the run goes on
-        score, cost, detail = None, 0.0, f"judge failed: {type(exc).__name__}: {exc}"
+        score, cost, detail = result.score, result.cost_usd, result.detail
+        failed = result.failed
+    except Exception as exc:  # noqa: BLE001 - a broken judge fails closed; the run goes on
+        score, cost, failed = None, 0.0, True
+        detail = redact(f"judge failed: {type(exc).__name__}: {exc}")[:300]
     verdict = JudgeVerdict(
         judge=task["judge"],
         attempt=task["attempt"],
@@ -70,5 +77,6 @@ async def judge(state: JudgeInput, runtime: Runtime[Context]) -> dict[str, Any]:
         cost_usd=cost,
         detail=detail,
         latency_ms=(time.perf_counter() - started) * 1000.0,
+        failed=failed,
     )
     return {"verdicts": [verdict]}

@@ -6,22 +6,28 @@ confident taxonomy's suitable models by how similar past queries went (hybrid).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
 from langgraph.runtime import Runtime
 
 from emafusion.graph.context import Context
-from emafusion.graph.state import Candidate, RouterState
-from emafusion.nodes.cascade import list_price_estimate, plan_cascade
+from emafusion.graph.state import (
+    Candidate,
+    PredictedEvent,
+    PredictionSummary,
+    RouteMode,
+    RouterState,
+)
 from emafusion.nodes.events import emit
-from emafusion.nodes.resources import load_resources
+from emafusion.nodes.planning import list_price_estimate, plan_cascade
+from emafusion.nodes.resources import RouterResources
 
 
-async def predict(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
+async def predict(
+    state: RouterState, runtime: Runtime[Context], resources: RouterResources
+) -> dict[str, Any]:
     context = runtime.context or Context()
-    resources = await asyncio.to_thread(load_resources, context)
     refine = state.get("route_mode") == "taxonomy"
     models = [c["model"] for c in state.get("candidates", [])] if refine else resources.pool.names
     vector = np.asarray(state["query_vector"], dtype=np.float32)
@@ -47,25 +53,24 @@ async def predict(state: RouterState, runtime: Runtime[Context]) -> dict[str, An
         options, context.max_levels, context.min_p_success, context.cost_weight
     )
     best_evidence = max(predictions.values(), key=lambda p: p.n_eff)
+    mode: RouteMode = "hybrid" if refine else "learned"
     event = emit(
         runtime,
         "predicted",
-        route_mode="hybrid" if refine else "learned",
-        predictions={
-            m: {
-                "p_success": round(p.p_success, 4),
-                "n_eff": round(p.n_eff, 2),
-                "prior": round(p.prior, 4),
-                "expected_cost_usd": p.expected_cost_usd,
-            }
-            for m, p in predictions.items()
-        },
-        neighbours=list(best_evidence.evidence.query_ids[:5]),
-        candidates=[c["model"] for c in candidates],
+        PredictedEvent(
+            route_mode=mode,
+            predictions={
+                m: PredictionSummary(
+                    p_success=round(p.p_success, 4),
+                    exploration_bonus=round(p.exploration_bonus, 4),
+                    n_eff=round(p.n_eff, 2),
+                    prior=round(p.prior, 4),
+                    expected_cost_usd=p.expected_cost_usd,
+                )
+                for m, p in predictions.items()
+            },
+            neighbours=list(best_evidence.evidence.query_ids[:5]),
+            candidates=[c["model"] for c in candidates],
+        ),
     )
-    return {
-        "options": options,
-        "candidates": candidates,
-        "route_mode": "hybrid" if refine else "learned",
-        "trace": [event],
-    }
+    return {"options": options, "candidates": candidates, "route_mode": mode, "trace": [event]}

@@ -1,22 +1,23 @@
-"""record: every judged outcome goes back into the memory; the router learns from traffic."""
+"""record: judged outcomes go back into the memory; the router learns from its traffic.
+
+An answer a judge failed on is never recorded: its confidence says nothing of it. Whether
+outcomes reach disk is the deployment's choice (`persist_outcomes`), never a run's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from typing import Any
 
 import numpy as np
 from langgraph.runtime import Runtime
 
 from emafusion.graph.context import Context
-from emafusion.graph.state import RouterState
+from emafusion.graph.state import RecordedEvent, RouterState
 from emafusion.nodes.events import emit
-from emafusion.nodes.resources import load_resources
+from emafusion.nodes.resources import RouterResources
 from emafusion.stores.memory import OutcomeRecord
-
-logger = logging.getLogger(__name__)
 
 
 def live_query_id(state: RouterState) -> str:
@@ -25,7 +26,9 @@ def live_query_id(state: RouterState) -> str:
     return "live/" + hashlib.sha256(state["query"].encode()).hexdigest()[:32]
 
 
-async def record(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
+async def record(
+    state: RouterState, runtime: Runtime[Context], resources: RouterResources
+) -> dict[str, Any]:
     context = runtime.context or Context()
     if not context.record_outcomes or "query_vector" not in state:
         return {}
@@ -38,11 +41,10 @@ async def record(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any
             latency_s=a["latency_ms"] / 1000.0,
         )
         for a in state.get("attempts", [])
-        if a["status"] == "answered" and a["confidence"] is not None
+        if a["status"] == "answered" and a["confidence"] is not None and not a["judges_failed"]
     ]
     if not outcomes:
         return {}
-    resources = await asyncio.to_thread(load_resources, context)
     query_id = live_query_id(state)
     vector = np.asarray(state["query_vector"], dtype=np.float32)
     category = state.get("category")
@@ -51,9 +53,11 @@ async def record(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any
         with resources.memory_lock:
             known = query_id in resources.memory
             resources.memory.add(query_id, None if known else vector, outcomes, category)
-            if context.save_memory and resources.router_dir is not None:
+            if resources.persist_outcomes and resources.router_dir is not None:
                 resources.memory.save(resources.router_dir / "memory")
 
     await asyncio.to_thread(write)
-    event = emit(runtime, "recorded", query_id=query_id, models=[o.model for o in outcomes])
+    event = emit(
+        runtime, "recorded", RecordedEvent(query_id=query_id, models=[o.model for o in outcomes])
+    )
     return {"trace": [event]}

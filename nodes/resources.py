@@ -1,20 +1,29 @@
-"""What the nodes share: pool, chat models, embedder, memory and classifier.
+"""What the nodes share (pool, chat models, embedder, memory, classifier, judges' artifacts),
+built once per router directory and handed to the graph by `make_graph(resources)`.
 
-Loaded once per distinct setting and reused by every run; evaluation and tests may hand
-prebuilt resources in through `Context.resources` instead.
+Paths and data sources are deployment settings (`DeploymentSettings`: environment
+variables, `langgraph.json`'s env, the command line), never a run's context. A
+`RouterDirectory` loads its resources on first use and reloads them when the router
+directory's manifest changes on disk (a new `emafusion eval` or `judges train` run), so a
+long-running server picks up a retrained router without a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from langchain_core.language_models import BaseChatModel
 
-from emafusion.graph.context import Context
 from emafusion.stores.artifacts import (
+    ROUTER_MANIFEST,
     ArtifactsError,
     RouterArtifacts,
     build_router_artifacts,
@@ -23,15 +32,8 @@ from emafusion.stores.artifacts import (
 from emafusion.stores.combiner import CombinerBook, load_combiners
 from emafusion.stores.embeddings import Embedder, default_embedder
 from emafusion.stores.memory import OutcomeMemory
-from emafusion.stores.pool import (
-    ModelSpec,
-    Pool,
-    PoolError,
-    ReplayStore,
-    build_chat_model,
-    load_default_pool,
-    load_pool,
-)
+from emafusion.stores.pool import ModelSpec, Pool, PoolError, load_default_pool, load_pool
+from emafusion.stores.providers import ReplayStore, build_chat_model
 from emafusion.stores.recordings import RecordSet, load_dataset
 from emafusion.stores.taxonomy import (
     CategoryClassifier,
@@ -58,6 +60,10 @@ class RouterResources:
     # Trained by `emafusion judges train` and saved beside the memory; None until then.
     verifier: LearnedVerifier | None = None
     combiners: CombinerBook | None = None
+    # Models the 'llm' judge may ask, by name (the deployment's judge pool).
+    judge_models: dict[str, tuple[ModelSpec, BaseChatModel]] = field(default_factory=dict)
+    # Whether live outcomes are written to router_dir (a deployment choice).
+    persist_outcomes: bool = False
     # Serializes add-then-save of live outcomes (the memory itself is thread-safe).
     memory_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -73,7 +79,7 @@ class RouterResources:
         taxonomy: Taxonomy,
         records: RecordSet | None = None,
         router_dir: Path | None = None,
-        chat_models: dict[str, BaseChatModel] | None = None,
+        chat_models: Mapping[str, BaseChatModel] | None = None,
     ) -> RouterResources:
         if records is not None:
             pool.check_recordings(records)
@@ -93,74 +99,187 @@ class RouterResources:
         )
 
 
-_cache: dict[tuple[object, ...], RouterResources] = {}
-_cache_lock = threading.Lock()
+class ResourceSource(Protocol):
+    """Where the nodes get their resources from (one per compiled graph)."""
+
+    async def aget(self) -> RouterResources: ...
 
 
-def _key(context: Context) -> tuple[object, ...]:
-    return (context.dataset, context.recordings, context.pool, context.router_dir, context.taxonomy)
+@dataclass(frozen=True)
+class StaticResources:
+    """Resources built by the caller (evaluation, tests, an embedding application)."""
+
+    resources: RouterResources
+
+    async def aget(self) -> RouterResources:
+        return self.resources
 
 
-def load_resources(context: Context) -> RouterResources:
-    """Resources for `context`, built on first use and cached for the process."""
-    if context.resources is not None:
-        if not isinstance(context.resources, RouterResources):
-            raise TypeError("Context.resources must be a RouterResources")
-        return context.resources
-    key = _key(context)
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = _build(context)
-        return _cache[key]
+def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
+    value = environ.get(name, "").strip()
+    return Path(value).expanduser() if value else None
 
 
-def _build(context: Context) -> RouterResources:
-    records: RecordSet | None = None
-    if context.recordings or context.dataset:
-        records = load_dataset(
-            dataset=context.dataset if not context.recordings else None,
-            recordings=Path(context.recordings) if context.recordings else None,
+@dataclass(frozen=True)
+class DeploymentSettings:
+    """Where a deployment's router comes from. Only the deployment sets these."""
+
+    dataset: str | None = None  # published recordings replay models answer from
+    recordings: Path | None = None  # a JSON Lines recordings file instead
+    pool: Path | None = None  # pool file; default: the dataset's
+    router_dir: Path | None = None  # default: the user cache, per recordings
+    taxonomy: Path | None = None
+    judge_pool: Path | None = None  # pool file of models the 'llm' judge may ask
+    data_dir: Path | None = None
+    persist_outcomes: bool = False  # write live outcomes to router_dir
+    build_if_missing: bool = True  # build a router from train into an empty router_dir
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DeploymentSettings:
+        env = os.environ if environ is None else environ
+        recordings = _env_path(env, "EMAFUSION_RECORDINGS")
+        dataset = env.get("EMAFUSION_DATASET", "").strip() or None
+        if dataset is None and recordings is None:
+            dataset = "mmlu-pro"
+        return cls(
+            dataset=None if recordings else dataset,
+            recordings=recordings,
+            pool=_env_path(env, "EMAFUSION_POOL"),
+            router_dir=_env_path(env, "EMAFUSION_ROUTER_DIR"),
+            taxonomy=_env_path(env, "EMAFUSION_TAXONOMY"),
+            judge_pool=_env_path(env, "EMAFUSION_JUDGE_POOL"),
+            data_dir=_env_path(env, "EMAFUSION_DATA_DIR"),
+            persist_outcomes=env.get("EMAFUSION_PERSIST_OUTCOMES", "").lower()
+            in ("1", "true", "yes", "on"),
         )
-    name = records.name if records is not None else "live"
-    if context.pool:
-        pool = load_pool(context.pool)
-    elif context.dataset:
-        pool = load_default_pool(context.dataset)
-    else:
-        raise PoolError("no pool: set Context.pool to a pool file (or Context.dataset).")
-    embedder = default_embedder()
-    router_dir = Path(context.router_dir) if context.router_dir else default_router_dir(name)
-    taxonomy = _taxonomy(context, name)
+
+    @property
+    def name(self) -> str:
+        if self.recordings is not None:
+            return self.recordings.stem
+        return self.dataset or "live"
+
+
+def _manifest_stamp(router_dir: Path) -> tuple[int, int] | None:
     try:
-        artifacts = RouterArtifacts.load(router_dir, embedder.id)
-    except ArtifactsError as exc:
-        # Only a directory with no artifacts is built anew; a corrupt or foreign one is an
-        # error, so live outcomes recorded there are never silently replaced.
-        if records is None:
-            raise
-        logger.warning("building router artifacts in %s (%s)", router_dir, exc)
-        artifacts = build_router_artifacts(
-            records,
-            embedder,
-            taxonomy or Taxonomy.from_names(records.categories),
-            pool,
-            splits=("train",),
-            calibrate_on="validation",
+        stat = (router_dir / ROUTER_MANIFEST).stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+class RouterDirectory:
+    """Resources of one deployment, loaded on first use, reloaded when the router changes.
+
+    The check for a change is one `stat` of the router manifest, at most every
+    `check_every_s`; a reload happens off the event loop and swaps the whole set at once.
+    """
+
+    def __init__(self, settings: DeploymentSettings, check_every_s: float = 2.0) -> None:
+        self.settings = settings
+        self.check_every_s = check_every_s
+        self._lock = threading.Lock()
+        self._resources: RouterResources | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._checked_at = 0.0
+
+    @property
+    def router_dir(self) -> Path:
+        return self.settings.router_dir or default_router_dir(self.settings.name)
+
+    def _due(self) -> bool:
+        return time.monotonic() - self._checked_at >= self.check_every_s
+
+    def _changed(self) -> bool:
+        self._checked_at = time.monotonic()
+        return _manifest_stamp(self.router_dir) != self._stamp
+
+    def get(self) -> RouterResources:
+        with self._lock:
+            if self._resources is None or (self._due() and self._changed()):
+                if self._resources is not None:
+                    logger.info("router directory %s changed: reloading", self.router_dir)
+                self._resources = load_router(self.settings)
+                self._stamp = _manifest_stamp(self.router_dir)
+                self._checked_at = time.monotonic()
+            return self._resources
+
+    async def aget(self) -> RouterResources:
+        if self._resources is not None and not self._due():
+            return self._resources
+        return await asyncio.to_thread(self.get)
+
+
+def load_router(settings: DeploymentSettings) -> RouterResources:
+    """Build a deployment's resources (and its router, from train, into an empty dir)."""
+    records: RecordSet | None = None
+    if settings.recordings or settings.dataset:
+        records = load_dataset(
+            dataset=None if settings.recordings else settings.dataset,
+            recordings=settings.recordings,
+            data_dir=settings.data_dir,
         )
-        artifacts.save(router_dir)
+    if settings.pool:
+        pool = load_pool(settings.pool)
+    elif settings.dataset:
+        pool = load_default_pool(settings.dataset)
+    else:
+        raise PoolError("no pool: set EMAFUSION_POOL to a pool file (or EMAFUSION_DATASET).")
+    embedder = default_embedder()
+    router_dir = settings.router_dir or default_router_dir(settings.name)
+    taxonomy = _taxonomy(settings)
+    artifacts = _artifacts(router_dir, embedder, records, taxonomy, pool, settings)
     if taxonomy is None:
         taxonomy = Taxonomy.from_names(artifacts.classifier.categories)
     resources = RouterResources.create(pool, artifacts, embedder, taxonomy, records, router_dir)
     # Absent files mean "not trained yet"; a damaged or foreign one raises, never ignored.
     resources.verifier = load_verifier(router_dir, embedder.id)
     resources.combiners = load_combiners(router_dir)
+    resources.persist_outcomes = settings.persist_outcomes
+    if settings.judge_pool is not None:
+        judge_pool = load_pool(settings.judge_pool)
+        resources.judge_models = {
+            spec.name: (spec, build_chat_model(spec)) for spec in judge_pool.models
+        }
     return resources
 
 
-def _taxonomy(context: Context, name: str) -> Taxonomy | None:
-    if context.taxonomy:
-        return load_taxonomy(context.taxonomy)
+def _artifacts(
+    router_dir: Path,
+    embedder: Embedder,
+    records: RecordSet | None,
+    taxonomy: Taxonomy | None,
+    pool: Pool,
+    settings: DeploymentSettings,
+) -> RouterArtifacts:
     try:
-        return load_taxonomy(default_taxonomy_path(context.dataset or name))
+        return RouterArtifacts.load(router_dir, embedder.id)
+    except ArtifactsError:
+        # Only a directory with nothing in it is built anew: anything else (a memory
+        # without its manifest, a damaged file) may hold live outcomes and is an error.
+        if (
+            records is None
+            or not settings.build_if_missing
+            or (router_dir.exists() and any(router_dir.iterdir()))
+        ):
+            raise
+    logger.warning("building router artifacts from %s train into %s", records.name, router_dir)
+    artifacts = build_router_artifacts(
+        records,
+        embedder,
+        taxonomy or Taxonomy.from_names(records.categories),
+        pool,
+        splits=("train",),
+        calibrate_on="validation",
+    )
+    artifacts.save(router_dir)
+    return artifacts
+
+
+def _taxonomy(settings: DeploymentSettings) -> Taxonomy | None:
+    if settings.taxonomy:
+        return load_taxonomy(settings.taxonomy)
+    try:
+        return load_taxonomy(default_taxonomy_path(settings.dataset or settings.name))
     except TaxonomyError:
         return None

@@ -22,7 +22,8 @@ import platformdirs
 from emafusion.stores.atomic import write_text_atomic
 from emafusion.stores.embeddings import Embedder
 from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord
-from emafusion.stores.pool import Pool, recorded_call_cost
+from emafusion.stores.pool import Pool
+from emafusion.stores.providers import recorded_call_cost
 from emafusion.stores.recordings import Record, RecordSet, Split, embedding_text
 from emafusion.stores.taxonomy import CategoryClassifier, Taxonomy, extend_taxonomy
 

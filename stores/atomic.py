@@ -6,6 +6,7 @@ fsync the directory. Every store that persists something goes through here.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -42,3 +43,7 @@ def write_bytes_atomic(path: Path | str, data: bytes | memoryview) -> Path:
 
 def write_text_atomic(path: Path | str, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path | str, data: object) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 # Recordings without token counts (MMLU-Pro) need estimates. The rule is the widely used
 # "about four characters per token" for English text with BPE tokenizers; it is an
 # estimate, and every report built on it says so.
+# How a call's USD was obtained, shown beside every figure.
+COST_RECORDED = "recorded"
+COST_ESTIMATED = "list_price_x_estimated_tokens"
+COST_REPORTED_TOKENS = "list_price_x_reported_tokens"
+
 CHARS_PER_TOKEN = 4.0
 # Chat templates add role markers and separators around the user text.
 CHAT_TEMPLATE_OVERHEAD_TOKENS = 8

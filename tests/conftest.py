@@ -16,15 +16,32 @@ from emafusion.stores.download import resolve_data_dir
 from emafusion.stores.embeddings import Embedder, default_embedder
 from emafusion.stores.pool import Pool, load_default_pool
 from emafusion.stores.recordings import RecordSet, load_dataset
+from emafusion.stores.recordings import RecordSet as _RecordSet
 from emafusion.stores.taxonomy import default_taxonomy_path, load_taxonomy
+from tests import synthetic
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    path = resolve_data_dir()
-    if not (path / "routerbench").is_dir():
+    """The recordings directory; a test that needs it is skipped (never downloads) without."""
+    try:
+        path = resolve_data_dir()
+    except Exception as exc:  # noqa: BLE001 - any failure to find them means "skip"
+        pytest.skip(f"recordings not available ({exc}); set EMAFUSION_DATA_DIR")
+    if not (path / "routerbench").is_dir() or not (path / "mmlu-pro").is_dir():
         pytest.skip(f"recordings not found in {path}; set EMAFUSION_DATA_DIR")
     return path
+
+
+@pytest.fixture
+def synthetic_records() -> _RecordSet:
+    return synthetic.make_records()
+
+
+@pytest.fixture
+def tiny_resources(synthetic_records: _RecordSet) -> RouterResources:
+    """A router over synthetic recordings (hash embedder): fresh per test (it learns)."""
+    return synthetic.make_resources(synthetic_records)
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,11 @@ import pytest
 
 from emafusion.stores.pool import (
     PoolError,
-    build_chat_model,
     default_pool_path,
     load_default_pool,
     load_pool,
 )
+from emafusion.stores.providers import build_chat_model
 from emafusion.stores.recordings import RecordSet
 
 

@@ -20,15 +20,22 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class JudgeResult:
-    """A judge's confidence in [0, 1], or None to abstain (e.g. nothing to compare with)."""
+    """A judge's confidence in [0, 1], or None to abstain (nothing to judge by).
+
+    `failed`: the judge could not judge (its model was down, its reply was garbage); unlike
+    an abstention, the policy then never trusts the answer (fail closed).
+    """
 
     score: float | None
     cost_usd: float = 0.0
     detail: str = ""
+    failed: bool = False
 
     def __post_init__(self) -> None:
         if self.score is not None and not 0.0 <= self.score <= 1.0:
             raise ValueError(f"judge score must be in [0, 1] or None, got {self.score}")
+        if self.failed and self.score is not None:
+            raise ValueError("a failed judge gives no score")
 
 
 class Judge(Protocol):
@@ -47,13 +54,19 @@ def register_judge(judge: Judge) -> Judge:
     return judge
 
 
+class UnknownJudgeError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def get_judge(name: str) -> Judge:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(
-            f"unknown judge {name!r}; registered: {', '.join(sorted(_REGISTRY))}. Fix: correct "
-            f"Context.judges or register the judge with register_judge()."
+        raise UnknownJudgeError(
+            f"Context.judges: unknown judge {name!r}; registered: "
+            f"{', '.join(sorted(_REGISTRY))}. Fix: correct the name, or register the judge "
+            f"with register_judge()."
         ) from None
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from langchain_core.language_models import BaseChatModel
@@ -25,7 +23,8 @@ from pydantic import BaseModel, Field
 from emafusion.graph.context import Context
 from emafusion.graph.state import JudgeTask
 from emafusion.nodes.judges import JudgeResult, register_judge
-from emafusion.stores.pool import ModelSpec, PoolError, build_chat_model, call_cost, load_pool
+from emafusion.stores.pool import ModelSpec, PoolError
+from emafusion.stores.providers import call_cost
 
 if TYPE_CHECKING:
     from emafusion.nodes.resources import RouterResources
@@ -90,46 +89,31 @@ def judge_messages(query: str, answer: str, nonce: str | None = None) -> list[Ba
     return [SystemMessage(RUBRIC.format(**markers)), HumanMessage(user)]
 
 
-_pools: dict[Path, tuple[float, dict[str, tuple[ModelSpec, BaseChatModel]]]] = {}
-_pools_lock = threading.Lock()
-
-
 def judge_model(resources: RouterResources, context: Context) -> tuple[ModelSpec, BaseChatModel]:
-    """The judge model's spec (for prices) and chat model."""
+    """The judge model's spec (for prices) and chat model: the deployment's judge pool first,
+    then the answering pool."""
     name = context.llm_judge
     if not name:
         raise PoolError(
             "the 'llm' judge needs Context.llm_judge. Fix: set it to a model of the pool, or of "
-            "a judge pool file given as Context.judge_pool."
+            "the deployment's judge pool (EMAFUSION_JUDGE_POOL)."
         )
-    if context.judge_pool:
-        spec, model = _from_judge_pool(Path(context.judge_pool), name)
-    else:
+    if name in resources.judge_models:
+        spec, model = resources.judge_models[name]
+    elif name in resources.pool.names:
         spec, model = resources.spec(name), resources.chat_models[name]
+    else:
+        known = sorted({*resources.judge_models, *resources.pool.names})
+        raise PoolError(
+            f"Context.llm_judge: {name!r} is in neither the judge pool nor the pool; known: "
+            f"{', '.join(known)}. Fix: name one of them, or add it to EMAFUSION_JUDGE_POOL."
+        )
     if spec.provider == "replay":
         raise PoolError(
-            f"judge model {name!r} is a replay model: it answers from recordings and cannot "
-            f"grade. Fix: set Context.llm_judge to an 'openai'-provider model (Context.judge_pool)."
+            f"Context.llm_judge: {name!r} is a replay model: it answers from recordings and "
+            f"cannot grade. Fix: name an 'openai'-provider model (EMAFUSION_JUDGE_POOL)."
         )
     return spec, model
-
-
-def _from_judge_pool(path: Path, name: str) -> tuple[ModelSpec, BaseChatModel]:
-    path = path.resolve()
-    try:
-        mtime = path.stat().st_mtime
-    except OSError as exc:
-        raise PoolError(f"{path}: judge pool not found. Fix: set Context.judge_pool.") from exc
-    with _pools_lock:
-        cached = _pools.get(path)
-        if cached is None or cached[0] != mtime:
-            cached = (mtime, {})
-            _pools[path] = cached
-        models = cached[1]
-        if name not in models:
-            spec = load_pool(path).get(name)
-            models[name] = (spec, build_chat_model(spec))
-        return models[name]
 
 
 class LLMJudge:
@@ -156,7 +140,11 @@ class LLMJudge:
         verdict = out.get("parsed")
         if not isinstance(verdict, LLMVerdict):
             error = out.get("parsing_error")
-            return JudgeResult(None, cost, detail=f"{spec.name}: unusable verdict ({error})")
+            # Garbage from the judge is a failed verdict, never an abstention: an answer it
+            # could not grade must not be returned on the other judges' word alone.
+            return JudgeResult(
+                None, cost, detail=f"{spec.name}: unusable verdict ({error})", failed=True
+            )
         return JudgeResult(
             verdict.p_correct,
             cost,

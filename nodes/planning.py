@@ -1,0 +1,75 @@
+"""Planning: per-model predictions -> the ordered models to try, and the replan after a
+failure. Pure functions; the classify, predict and decide nodes call them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from emafusion.graph.context import Context
+from emafusion.graph.state import Attempt, Candidate
+from emafusion.stores.cost import cost_usd as usd_for
+from emafusion.stores.cost import estimate_usage
+from emafusion.stores.metrics import upper_concave_hull
+from emafusion.stores.pool import ModelSpec
+
+# A model with no cost history is priced as if it answered with this many tokens.
+ASSUMED_OUTPUT_TOKENS = 256
+
+
+def list_price_estimate(spec: ModelSpec, query: str) -> float:
+    """Expected USD of one call from list prices and estimated tokens."""
+    return usd_for(spec.prices, estimate_usage(query, "x" * 4 * ASSUMED_OUTPUT_TOKENS))
+
+
+def plan_cascade(
+    options: Iterable[Candidate],
+    max_levels: int,
+    min_p_success: float = 0.0,
+    cost_weight: float = 0.0,
+) -> list[Candidate]:
+    """The models to try, cheapest first.
+
+    1. Models below `min_p_success` are not credible (unless none is: then the best one).
+    2. A model is kept only on the upper concave hull of (expected cost, p): never pay more
+       for a predicted success a cheaper model already offers, nor for a marginal gain that
+       a mix of a cheaper and a stronger model beats (a near-tie at ten times the price).
+    3. The top of the cascade maximizes p - cost_weight * (USD per 1k queries); costlier
+       models beyond it are not worth their price at this weight.
+    4. Longer than `max_levels`: keep the strongest levels, i.e. the top and the models just
+       below it. A weak first model is rarely trusted by the judges: its call is paid for
+       and then escalated past.
+    """
+    pool = sorted(options, key=lambda c: (c["expected_cost_usd"], -c["p_success"], c["model"]))
+    if not pool:
+        return []
+    credible = [c for c in pool if c["p_success"] >= min_p_success]
+    if not credible:
+        credible = [max(pool, key=lambda c: c["p_success"])]
+    frontier = upper_concave_hull(
+        credible, lambda c: c["expected_cost_usd"], lambda c: c["p_success"]
+    )
+    utility = [c["p_success"] - cost_weight * 1000.0 * c["expected_cost_usd"] for c in frontier]
+    top = max(range(len(frontier)), key=lambda i: (utility[i], -i))
+    frontier = frontier[: top + 1]
+    levels = max(1, max_levels)
+    return frontier[-levels:]
+
+
+def replan_after_failure(
+    candidates: Sequence[Candidate],
+    options: Sequence[Candidate],
+    attempts: Sequence[Attempt],
+    context: Context,
+) -> list[Candidate]:
+    """Tried candidates, then a fresh cascade over the options no attempt has used yet.
+
+    A failed model is unavailable, not wrong: the models it dominated are credible again,
+    so the run never ends without an answer while an untried option remains.
+    """
+    tried = {a["model"] for a in attempts}
+    done = list(candidates[: len(attempts)])
+    untried = [o for o in options if o["model"] not in tried]
+    answered = sum(1 for a in attempts if a["status"] == "answered")
+    levels = max(1, context.max_levels - answered)
+    tail = plan_cascade(untried, levels, context.min_p_success, context.cost_weight)
+    return [*done, *tail]

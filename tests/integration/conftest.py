@@ -1,0 +1,11 @@
+"""Every test in this folder reads the real recordings (or runs a server): marked slow."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/integration/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.slow)

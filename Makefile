@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: install eval test lint bench clean
+.PHONY: install eval results test test-unit lint bench clean
 
 install: $(VENV)/.installed
 
@@ -27,8 +27,20 @@ eval: install
 	$(BIN)/emafusion eval --dataset routerbench
 	$(BIN)/emafusion eval --dataset mmlu-pro
 
+# Regenerate the committed results (docs/results/) from a fresh evaluation.
+results: eval
+	for d in mmlu-pro routerbench; do \
+	  mkdir -p docs/results/$$d && cp results/$$d/results.json results/$$d/results.md \
+	    results/$$d/tradeoff.png docs/results/$$d/; \
+	done
+
+# Unit tests and integration tests (the recordings; marked slow).
 test: install
 	$(BIN)/python -m pytest -q
+
+# Unit tests only: seconds, no recordings, no MiniLM.
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 import math
 import tomllib
 from collections.abc import Sequence
@@ -245,8 +246,11 @@ class CategoryClassifier:
             raise TaxonomyError(
                 f"{path}: no classifier here. Fix: build one with `emafusion memory build`."
             ) from exc
-        except (OSError, ValueError, KeyError) as exc:
-            raise TaxonomyError(f"{path}: unreadable classifier ({exc}). Fix: rebuild it.") from exc
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise TaxonomyError(
+                f"{path}: unreadable classifier ({type(exc).__name__}: {exc}). Fix: rebuild it "
+                f"with `emafusion memory build`."
+            ) from exc
         if meta.get("format_version") != CLASSIFIER_FORMAT_VERSION:
             raise TaxonomyError(f"{path}: format {meta.get('format_version')} is not supported.")
         if expected_embedder_id and meta["embedder_id"] != expected_embedder_id:

@@ -40,11 +40,12 @@ def _unit(*parts: object) -> float:
 
 
 def query_text(topic: str, i: int) -> str:
+    """Topic words in the question and the options: what the embedder can tell apart."""
     words = TOPICS[topic].split()
-    picked = " ".join(words[(i + k) % len(words)] for k in range(4))
+    picked = [words[(i * 3 + k) % len(words)] for k in range(8)]
     return (
-        f"Question {i} on {picked}: which option holds?\n"
-        f"A. option {i} a\nB. option {i} b\nC. option {i} c\nD. option {i} d"
+        f"Case {i}: {' '.join(picked[:4])}. Which holds?\n"
+        + "\n".join(f"{letter}. {word}" for letter, word in zip(LETTERS, picked[4:], strict=True))
     )
 
 

@@ -216,6 +216,7 @@ async def test_llm_judge_cost_counts_in_cost_and_budget(
         "judges": ("llm",),
         "llm_judge": "grader",
         "escalation_threshold": 0.5,
+        "taxonomy_threshold": 1.01,  # the learned router: cascades of several models
     }
     # The grader calls every recorded answer wrong unless it says "answer is (B)", so a
     # cascade escalates; each level's judge call costs $1.01.

@@ -39,7 +39,8 @@ class Candidate(TypedDict):
 
     model: str
     p_success: float
-    expected_cost_usd: float
+    expected_cost_usd: float  # what such a call costs on average (plans are built on it)
+    cost_bound_usd: float  # what it may cost at most, before it is made (budgets use it)
     source: CandidateSource
 
 
@@ -88,9 +89,10 @@ class CascadeView(TypedDict):
     """Everything the decision policy decides on, after the latest attempt."""
 
     attempts: list[AttemptView]
-    # The model the plan would call next and what it is expected to cost (None: none left).
+    # The model the plan would call next and what that call may cost (its pre-call bound;
+    # None: none left).
     next_model: str | None
-    next_expected_cost_usd: float | None
+    next_cost_usd: float | None
 
 
 # --- event payloads ------------------------------------------------------------------------

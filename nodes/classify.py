@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from emafusion.graph.context import Context
 from emafusion.graph.state import Candidate, ClassifiedEvent, RouteMode, RouterState
 from emafusion.nodes.events import emit
-from emafusion.nodes.planning import list_price_estimate, plan_cascade
+from emafusion.nodes.planning import candidate, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
 from emafusion.nodes.validate import check_run
 from emafusion.stores.recordings import routing_text
@@ -60,13 +60,14 @@ def suitable_options(
         return []
     best = max(s.mean_score for s in in_pool.values())
     return [
-        Candidate(
-            model=model,
-            p_success=s.mean_score,
-            expected_cost_usd=s.mean_cost_usd
+        candidate(
+            resources.spec(model),
+            query,
+            s.mean_score,
+            s.mean_cost_usd
             if s.mean_cost_usd is not None
             else list_price_estimate(resources.spec(model), query),
-            source="taxonomy",
+            "taxonomy",
         )
         for model, s in in_pool.items()
         if s.mean_score >= best - context.suitability_margin
@@ -93,7 +94,7 @@ async def classify(
     confident = confidence >= context.taxonomy_threshold
     options = suitable_options(resources, category, context, query) if confident else []
     candidates = plan_cascade(
-        options, context.max_levels, context.min_p_success, context.cost_weight
+        options, context.max_levels, context.min_p_success, context.cost_weight, context.budget_usd
     )
     mode: RouteMode = "taxonomy" if candidates else "learned"
     shown = sorted(zip(names, probs.tolist(), strict=True), key=lambda x: -x[1])[:5]

@@ -23,7 +23,8 @@ from emafusion.graph.state import (
 from emafusion.nodes import policy
 from emafusion.nodes.events import emit
 from emafusion.nodes.judges.agreement import agreement_with
-from emafusion.nodes.planning import replan_after_failure
+from emafusion.nodes.planning import affordable, replan_after_failure
+from emafusion.nodes.predict import memory_options
 from emafusion.nodes.resources import RouterResources
 
 # The confidence shown for an answer a judge failed on (the policy never returns on it).
@@ -74,13 +75,24 @@ async def decide(
     candidates = state.get("candidates", [])
     update: dict[str, Any] = {}
     if current["status"] != "answered":
-        candidates = replan_after_failure(candidates, state.get("options", []), attempts, context)
+        options = state.get("options", [])
+        candidates = replan_after_failure(candidates, options, attempts, context)
+        if len(candidates) <= len(attempts):
+            # Nothing planned is left: the rest of the pool takes over.
+            rest = [m for m in resources.pool.names if m not in {o["model"] for o in options}]
+            fallback, _ = memory_options(state, context, resources, rest, "fallback")
+            if context.budget_usd is not None:
+                left = context.budget_usd - sum(
+                    a["cost_usd"] + a["judge_cost_usd"] for a in attempts
+                )
+                fallback = affordable(fallback, left)
+            candidates = replan_after_failure(candidates, options, attempts, context, fallback)
         update["candidates"] = candidates
     upcoming = candidates[len(attempts)] if len(candidates) > len(attempts) else None
     view = CascadeView(
         attempts=[policy.view_of(a) for a in attempts],
         next_model=upcoming["model"] if upcoming else None,
-        next_expected_cost_usd=upcoming["expected_cost_usd"] if upcoming else None,
+        next_cost_usd=upcoming["cost_bound_usd"] if upcoming else None,
     )
     decision, reason = policy.decide(view, policy.PolicySettings.from_context(context))
     current["decision"] = decision

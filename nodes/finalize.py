@@ -18,7 +18,12 @@ async def finalize(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
     decision = attempts[-1]["decision"] if attempts else None
     index, reason = policy.choose(views, decision or "exhausted")
     if not attempts:
-        reason = "no model could be planned"
+        budget = (runtime.context or Context()).budget_usd
+        reason = (
+            f"budget: no model's call fits ${budget:.6f} (pre-call bound)"
+            if budget is not None
+            else "no model could be planned"
+        )
     chosen = attempts[index] if index is not None else None
     cost = policy.spent_usd(views)
     path = [a["model"] for a in attempts]

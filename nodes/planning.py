@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from emafusion.graph.context import Context
-from emafusion.graph.state import Attempt, Candidate
+from emafusion.graph.state import Attempt, Candidate, CandidateSource
+from emafusion.stores.cost import Usage, estimate_prompt_tokens, estimate_usage
 from emafusion.stores.cost import cost_usd as usd_for
-from emafusion.stores.cost import estimate_usage
 from emafusion.stores.metrics import upper_concave_hull
 from emafusion.stores.pool import ModelSpec
 
@@ -21,14 +21,44 @@ def list_price_estimate(spec: ModelSpec, query: str) -> float:
     return usd_for(spec.prices, estimate_usage(query, "x" * 4 * ASSUMED_OUTPUT_TOKENS))
 
 
+def call_cost_bound(spec: ModelSpec, query: str, expected_usd: float) -> float:
+    """What one call may cost before it is made, for the budget: the prompt's tokens are
+    known, the output is bounded by the model's max_tokens (else the assumed length), and
+    never less than such calls cost on average."""
+    output = spec.max_tokens or ASSUMED_OUTPUT_TOKENS
+    bound = usd_for(spec.prices, Usage(estimate_prompt_tokens(query), output, estimated=True))
+    return max(expected_usd, bound)
+
+
+def candidate(
+    spec: ModelSpec, query: str, p_success: float, expected_usd: float, source: CandidateSource
+) -> Candidate:
+    return Candidate(
+        model=spec.name,
+        p_success=p_success,
+        expected_cost_usd=expected_usd,
+        cost_bound_usd=call_cost_bound(spec, query, expected_usd),
+        source=source,
+    )
+
+
+def affordable(options: Iterable[Candidate], budget_usd: float | None) -> list[Candidate]:
+    """The options whose call alone fits the budget (all of them without a budget)."""
+    if budget_usd is None:
+        return list(options)
+    return [o for o in options if o["cost_bound_usd"] <= budget_usd]
+
+
 def plan_cascade(
     options: Iterable[Candidate],
     max_levels: int,
     min_p_success: float = 0.0,
     cost_weight: float = 0.0,
+    budget_usd: float | None = None,
 ) -> list[Candidate]:
     """The models to try, cheapest first.
 
+    0. With a budget, only models whose one call fits it (`affordable`) are planned.
     1. Models below `min_p_success` are not credible (unless none is: then the best one).
     2. A model is kept only on the upper concave hull of (expected cost, p): never pay more
        for a predicted success a cheaper model already offers, nor for a marginal gain that
@@ -39,7 +69,10 @@ def plan_cascade(
        below it. A weak first model is rarely trusted by the judges: its call is paid for
        and then escalated past.
     """
-    pool = sorted(options, key=lambda c: (c["expected_cost_usd"], -c["p_success"], c["model"]))
+    pool = sorted(
+        affordable(options, budget_usd),
+        key=lambda c: (c["expected_cost_usd"], -c["p_success"], c["model"]),
+    )
     if not pool:
         return []
     credible = [c for c in pool if c["p_success"] >= min_p_success]
@@ -60,16 +93,30 @@ def replan_after_failure(
     options: Sequence[Candidate],
     attempts: Sequence[Attempt],
     context: Context,
+    fallback: Sequence[Candidate] = (),
 ) -> list[Candidate]:
-    """Tried candidates, then a fresh cascade over the options no attempt has used yet.
+    """Tried candidates, then a fresh cascade over what no attempt has used yet.
 
-    A failed model is unavailable, not wrong: the models it dominated are credible again,
-    so the run never ends without an answer while an untried option remains.
+    A failed model is unavailable, not wrong: the models it dominated are credible again.
+    When no planned option is left, the rest of the pool (`fallback`) takes over, its own
+    best plan first and then every other model cheapest first, so a run ends without an
+    answer only when every model failed or the budget forbids the next.
     """
     tried = {a["model"] for a in attempts}
     done = list(candidates[: len(attempts)])
-    untried = [o for o in options if o["model"] not in tried]
     answered = sum(1 for a in attempts if a["status"] == "answered")
     levels = max(1, context.max_levels - answered)
-    tail = plan_cascade(untried, levels, context.min_p_success, context.cost_weight)
-    return [*done, *tail]
+    untried = [o for o in options if o["model"] not in tried]
+    tail = plan_cascade(
+        untried, levels, context.min_p_success, context.cost_weight, context.budget_usd
+    )
+    if tail:
+        return [*done, *tail]
+    rest = [f for f in fallback if f["model"] not in tried]
+    best = plan_cascade(rest, levels, context.min_p_success, context.cost_weight, None)
+    planned = {c["model"] for c in best}
+    others = sorted(
+        (f for f in rest if f["model"] not in planned),
+        key=lambda c: (c["expected_cost_usd"], -c["p_success"], c["model"]),
+    )
+    return [*done, *best, *others]

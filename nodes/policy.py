@@ -78,7 +78,7 @@ def decide(view: CascadeView, settings: PolicySettings) -> tuple[Decision, str]:
                 return "return", "no judge gave a score; on_abstain=return"
         elif confidence >= settings.threshold:
             return "return", f"confidence {confidence:.4f} >= threshold {settings.threshold}"
-    next_cost = view["next_expected_cost_usd"]
+    next_cost = view["next_cost_usd"]
     if view["next_model"] is None or next_cost is None:
         return "exhausted", "no model left to call"
     answered = sum(1 for a in attempts if a["status"] == "answered")
@@ -170,7 +170,7 @@ def with_confidences(
     return CascadeView(
         attempts=attempts,
         next_model=view["next_model"],
-        next_expected_cost_usd=view["next_expected_cost_usd"],
+        next_cost_usd=view["next_cost_usd"],
     )
 
 

@@ -6,6 +6,7 @@ confident taxonomy's suitable models by how similar past queries went (hybrid).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,14 +15,48 @@ from langgraph.runtime import Runtime
 from emafusion.graph.context import Context
 from emafusion.graph.state import (
     Candidate,
+    CandidateSource,
     PredictedEvent,
     PredictionSummary,
     RouteMode,
     RouterState,
 )
 from emafusion.nodes.events import emit
-from emafusion.nodes.planning import list_price_estimate, plan_cascade
+from emafusion.nodes.planning import candidate, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
+from emafusion.stores.memory import Prediction
+
+
+def memory_options(
+    state: RouterState,
+    context: Context,
+    resources: RouterResources,
+    models: Sequence[str],
+    source: CandidateSource | None = None,
+) -> tuple[list[Candidate], dict[str, Prediction]]:
+    """Each model as a candidate, as the memory predicts it does on this query."""
+    vector = np.asarray(state["query_vector"], dtype=np.float32)
+    predictions = resources.memory.predict(
+        vector, list(models), k=context.k, category=state.get("category")
+    )
+    options = []
+    for model in models:
+        prediction = predictions[model]
+        spec = resources.spec(model)
+        cost = prediction.expected_cost_usd
+        if cost is None:
+            cost = list_price_estimate(spec, state["query"])
+        options.append(
+            candidate(
+                spec,
+                state["query"],
+                # Untried models get their exploration bonus so they are tried, then judged.
+                prediction.ucb if prediction.n_eff < 1.0 else prediction.p_success,
+                cost,
+                source or ("memory" if prediction.n_eff > 0 else "prior"),
+            )
+        )
+    return options, predictions
 
 
 async def predict(
@@ -30,27 +65,9 @@ async def predict(
     context = runtime.context or Context()
     refine = state.get("route_mode") == "taxonomy"
     models = [c["model"] for c in state.get("candidates", [])] if refine else resources.pool.names
-    vector = np.asarray(state["query_vector"], dtype=np.float32)
-    predictions = resources.memory.predict(
-        vector, models, k=context.k, category=state.get("category")
-    )
-    options = []
-    for model in models:
-        prediction = predictions[model]
-        cost = prediction.expected_cost_usd
-        if cost is None:
-            cost = list_price_estimate(resources.spec(model), state["query"])
-        options.append(
-            Candidate(
-                model=model,
-                # Untried models get their exploration bonus so they are tried, then judged.
-                p_success=prediction.ucb if prediction.n_eff < 1.0 else prediction.p_success,
-                expected_cost_usd=cost,
-                source="memory" if prediction.n_eff > 0 else "prior",
-            )
-        )
+    options, predictions = memory_options(state, context, resources, models)
     candidates = plan_cascade(
-        options, context.max_levels, context.min_p_success, context.cost_weight
+        options, context.max_levels, context.min_p_success, context.cost_weight, context.budget_usd
     )
     best_evidence = max(predictions.values(), key=lambda p: p.n_eff)
     mode: RouteMode = "hybrid" if refine else "learned"

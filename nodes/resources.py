@@ -253,7 +253,7 @@ def _artifacts(
     settings: DeploymentSettings,
 ) -> RouterArtifacts:
     try:
-        return RouterArtifacts.load(router_dir, embedder.id)
+        artifacts = RouterArtifacts.load(router_dir, embedder.id)
     except ArtifactsError:
         # Only a directory with nothing in it is built anew: anything else (a memory
         # without its manifest, a damaged file) may hold live outcomes and is an error.
@@ -263,6 +263,16 @@ def _artifacts(
             or (router_dir.exists() and any(router_dir.iterdir()))
         ):
             raise
+    else:
+        built_for = artifacts.info.get("dataset")
+        if records is not None and built_for not in (None, records.name):
+            raise ArtifactsError(
+                f"{router_dir} was built from {built_for!r} recordings, but this deployment "
+                f"replays {records.name!r}. Fix: point EMAFUSION_ROUTER_DIR (--router-dir) at a "
+                f"router built for {records.name!r}, or build one there with `emafusion memory "
+                f"build`."
+            )
+        return artifacts
     logger.warning("building router artifacts from %s train into %s", records.name, router_dir)
     artifacts = build_router_artifacts(
         records,

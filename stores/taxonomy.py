@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 import math
 import tomllib
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources

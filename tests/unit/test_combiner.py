@@ -139,7 +139,7 @@ def _event(attempts: list[AttemptView], next_model: str | None, next_cost: float
     view = CascadeView(
         attempts=attempts,
         next_model=next_model,
-        next_expected_cost_usd=next_cost if next_model else None,
+        next_cost_usd=next_cost if next_model else None,
     )
     return DecidedEvent(
         model=attempts[-1]["model"],

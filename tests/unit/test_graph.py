@@ -98,11 +98,32 @@ async def test_budget_stops_escalation(
             break
     else:
         pytest.fail("no test query had a cascade of two or more models")
-    first_cost = record.outcomes[every["escalation_path"][0]].cost_usd or 0.0
-    result = await _ask(tiny_resources, record, stop_early=False, budget_usd=first_cost * 1.5)
-    assert len(result["escalation_path"]) == 1
-    assert decided_events(result["trace"])[-1]["decision"] == "budget"
-    assert result["answer"] is not None
+    # The last planned call fits the budget alone, not on top of the ones before it.
+    last_bound = decided_events(every["trace"])[-2]["view"]["next_cost_usd"]
+    assert last_bound is not None
+    result = await _ask(tiny_resources, record, stop_early=False, budget_usd=last_bound)
+    assert len(result["escalation_path"]) < len(every["escalation_path"])
+    last = decided_events(result["trace"])[-1]
+    assert last["decision"] == "budget" and "over the budget" in last["reason"]
+    assert result["answer"] is not None and result["cost_usd"] <= last_bound
+
+
+async def test_the_budget_is_checked_before_the_first_call(
+    tiny_resources: RouterResources, synthetic_records: RecordSet
+) -> None:
+    record = _tests(synthetic_records)[1]
+    result = await _ask(tiny_resources, record, budget_usd=1e-9)
+    assert result["escalation_path"] == [] and result["cost_usd"] == 0.0
+    assert result["trace"][-1]["data"]["reason"].startswith("budget: no model's call fits")
+    # A query too long for the strong models' price goes only to one that fits.
+    huge = record.query + " filler" * 20_000  # ~35k prompt tokens
+    bound = {m: p * 35_000 / 1e6 for m, (p, _) in synthetic.MODELS.items()}
+    budget = (bound["small"] + bound["mid"]) / 2  # tiny and small fit, mid and large not
+    long = await make_graph(tiny_resources).ainvoke(
+        {"query": huge}, context=Context(budget_usd=budget, record_outcomes=False, **LEARNED)
+    )
+    assert set(long["escalation_path"]) <= {"tiny", "small"}
+    assert long["cost_usd"] <= budget
 
 
 async def test_missing_recording_escalates_past_the_model(synthetic_records: RecordSet) -> None:
@@ -292,3 +313,40 @@ async def test_replay_of_a_trace_decides_exactly_like_the_graph(
                 assert replayed.decision == live["trace"][-2]["data"]["decision"]
                 compared += 1
     assert compared == 3 * len(records) * len(thresholds) * len(budgets)
+
+
+async def test_failover_reaches_the_rest_of_the_pool(synthetic_records: RecordSet) -> None:
+    """A confident taxonomy plans only its category's best; with that model down, the run
+    still gets an answer from the rest of the pool, while a healthy model exists."""
+    records = [r for r in _tests(synthetic_records, 40) if r.category == "history"][:4]
+    down = "large"
+    held_out = {r.id for r in synthetic_records.split("validation", "test")}
+    thinned = [
+        r.model_copy(update={"outcomes": {m: o for m, o in r.outcomes.items() if m != down}})
+        if r.id in held_out
+        else r
+        for r in synthetic_records.records
+    ]
+    replay = RecordSet("synthetic", thinned, source="large down")
+    resources = synthetic.make_resources(synthetic_records, replay_records=replay)
+    graph = make_graph(resources)
+    for record in records:
+        result = await graph.ainvoke(
+            {"query": record.query, "record_id": record.id},
+            context=Context(record_outcomes=False),
+        )
+        classified = result["trace"][0]["data"]
+        assert classified["route_mode"] == "taxonomy" and classified["candidates"] == [down]
+        assert result["escalation_path"][0] == down
+        assert result["model"] not in (None, down)
+        assert result["answer"] == record.outcomes[result["model"]].response
+    # Every model down: the run ends without an answer, having tried each once.
+    silent = [r.model_copy(update={"outcomes": {}}) if r.id == records[0].id else r for r in thinned]
+    nobody = RecordSet("synthetic", silent, "nobody answers one query")
+    empty = make_graph(synthetic.make_resources(synthetic_records, replay_records=nobody))
+    result = await empty.ainvoke(
+        {"query": records[0].query, "record_id": records[0].id},
+        context=Context(record_outcomes=False),
+    )
+    assert result["answer"] is None
+    assert sorted(result["escalation_path"]) == sorted(synthetic.MODELS)

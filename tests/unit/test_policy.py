@@ -27,7 +27,7 @@ def _view(attempts: list[AttemptView], next_model: str | None = "next", cost: fl
     return CascadeView(
         attempts=attempts,
         next_model=next_model,
-        next_expected_cost_usd=cost if next_model else None,
+        next_cost_usd=cost if next_model else None,
     )
 
 

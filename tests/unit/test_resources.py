@@ -108,3 +108,16 @@ def test_deployment_settings_come_from_the_environment(tmp_path: Path) -> None:
     default = DeploymentSettings.from_env({})
     assert default.dataset == "mmlu-pro" and default.router_dir is None
     assert default.persist_outcomes is False
+
+
+def test_a_router_built_for_other_recordings_is_refused(
+    deployment: DeploymentSettings, synthetic_records: RecordSet, tmp_path: Path
+) -> None:
+    load_router(deployment)
+    other = tmp_path / "other.jsonl"
+    renamed = [r.model_copy(update={"dataset": "other"}) for r in synthetic_records.records]
+    write_jsonl(renamed, other)
+    from dataclasses import replace
+
+    with pytest.raises(ArtifactsError, match="built from 'synthetic' recordings.*replays 'other'"):
+        load_router(replace(deployment, recordings=other))

@@ -341,7 +341,8 @@ async def test_failover_reaches_the_rest_of_the_pool(synthetic_records: RecordSe
         assert result["model"] not in (None, down)
         assert result["answer"] == record.outcomes[result["model"]].response
     # Every model down: the run ends without an answer, having tried each once.
-    silent = [r.model_copy(update={"outcomes": {}}) if r.id == records[0].id else r for r in thinned]
+    quiet = records[0].id
+    silent = [r.model_copy(update={"outcomes": {}}) if r.id == quiet else r for r in thinned]
     nobody = RecordSet("synthetic", silent, "nobody answers one query")
     empty = make_graph(synthetic.make_resources(synthetic_records, replay_records=nobody))
     result = await empty.ainvoke(

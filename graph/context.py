@@ -74,6 +74,14 @@ class Context(BaseModel):
         json_schema_extra=_schema_refuses_deployment_settings,
     )
 
+    preset: str = Field(
+        default_factory=lambda: os.environ.get("EMAFUSION_PRESET", "").strip() or "default",
+        min_length=1,
+        description="Operating point the evaluation chose and saved in the router directory "
+        "(default: $EMAFUSION_PRESET, else 'default'). Settings a run sets explicitly "
+        "override the preset's.",
+    )
+
     # --- classify ---------------------------------------------------------------------------
     taxonomy_threshold: float = Field(
         default=0.8,

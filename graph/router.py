@@ -20,6 +20,7 @@ from langgraph.runtime import Runtime
 
 from emafusion.graph.context import Context
 from emafusion.graph.state import RouterInput, RouterOutput, RouterState
+from emafusion.nodes import settings
 from emafusion.nodes.classify import classify
 from emafusion.nodes.decide import decide, route_after_decide
 from emafusion.nodes.finalize import finalize
@@ -65,7 +66,7 @@ def route_after_classify(
     state: RouterState, runtime: Runtime[Context]
 ) -> Literal["predict", "invoke_model", "finalize"]:
     """Unsure taxonomy -> learned router; confident -> its models (re-ranked if asked)."""
-    context = runtime.context or Context()
+    context = settings.current(state, runtime)
     if state.get("route_mode") != "taxonomy" or context.refine_with_memory:
         return "predict"
     return "invoke_model" if state.get("candidates") else "finalize"

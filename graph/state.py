@@ -11,7 +11,7 @@ again under other settings (`emafusion.nodes.policy.replay`) and get the graph's
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
@@ -206,6 +206,9 @@ class RouterOutput(TypedDict):
 class RouterState(TypedDict):
     query: str
     record_id: NotRequired[str | None]
+    # The run's effective settings (its preset, overridden by what the run set), resolved
+    # once when the run starts; every later node and edge reads them.
+    settings: NotRequired[dict[str, Any]]
     # Embedded once by classify; every later node reads this vector, none embeds again.
     query_vector: NotRequired[list[float]]
     category_probs: NotRequired[dict[str, float]]

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from emafusion.graph.context import Context
 from emafusion.graph.state import Candidate, ClassifiedEvent, RouteMode, RouterState
+from emafusion.nodes import settings
 from emafusion.nodes.events import emit
 from emafusion.nodes.planning import candidate, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
@@ -77,8 +78,9 @@ def suitable_options(
 async def classify(
     state: RouterState, runtime: Runtime[Context], resources: RouterResources
 ) -> dict[str, Any]:
-    context = runtime.context or Context()
-    # Settings that name judges, models or combiners are checked before any call is paid.
+    # The preset, overridden by what the run set; then every name in it is checked before
+    # any call is paid for.
+    context = settings.resolve(runtime.context, resources)
     check_run(context, resources)
     query = state["query"]
     # Off the event loop: embedding is the one heavy computation of routing.
@@ -111,6 +113,7 @@ async def classify(
         ),
     )
     return {
+        "settings": context.model_dump(mode="json"),
         "query_vector": vector.astype(float).tolist(),
         "category_probs": {n: float(p) for n, p in zip(names, probs, strict=True)},
         "category": category if confident else None,

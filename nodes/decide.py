@@ -20,7 +20,7 @@ from emafusion.graph.state import (
     EscalatingEvent,
     RouterState,
 )
-from emafusion.nodes import policy
+from emafusion.nodes import policy, settings
 from emafusion.nodes.events import emit
 from emafusion.nodes.judges.agreement import agreement_with
 from emafusion.nodes.planning import affordable, replan_after_failure
@@ -54,7 +54,7 @@ def rescore_agreement(
 async def decide(
     state: RouterState, runtime: Runtime[Context], resources: RouterResources
 ) -> dict[str, Any]:
-    context = runtime.context or Context()
+    context = settings.current(state, runtime)
     attempts: list[Attempt] = [Attempt(**a) for a in state.get("attempts", [])]
     index = len(attempts) - 1
     current = attempts[index]

@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 
 from emafusion.graph.context import Context
 from emafusion.graph.state import ReturnedEvent, RouterState
-from emafusion.nodes import policy
+from emafusion.nodes import policy, settings
 from emafusion.nodes.events import emit
 
 
@@ -18,7 +18,7 @@ async def finalize(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
     decision = attempts[-1]["decision"] if attempts else None
     index, reason = policy.choose(views, decision or "exhausted")
     if not attempts:
-        budget = (runtime.context or Context()).budget_usd
+        budget = settings.current(state, runtime).budget_usd
         reason = (
             f"budget: no model's call fits ${budget:.6f} (pre-call bound)"
             if budget is not None

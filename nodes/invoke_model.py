@@ -21,6 +21,7 @@ from emafusion.graph.state import (
     InvokingEvent,
     RouterState,
 )
+from emafusion.nodes import settings
 from emafusion.nodes.events import emit
 from emafusion.nodes.model_calls import CallFailure, call_model
 from emafusion.nodes.resources import RouterResources
@@ -60,7 +61,7 @@ def new_attempt(model: str, status: AttemptStatus, **fields: Any) -> Attempt:
 async def invoke_model(
     state: RouterState, runtime: Runtime[Context], resources: RouterResources
 ) -> dict[str, Any]:
-    context = runtime.context or Context()
+    context = settings.current(state, runtime)
     model = next_candidate(state)
     if model is None:
         raise RuntimeError("invoke_model reached with no candidate left")

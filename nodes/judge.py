@@ -15,6 +15,7 @@ from typing_extensions import TypedDict
 
 from emafusion.graph.context import Context
 from emafusion.graph.state import JudgeTask, JudgeVerdict, RouterState
+from emafusion.nodes import settings
 from emafusion.nodes.judges import get_judge
 from emafusion.nodes.resources import RouterResources
 from emafusion.stores.redaction import redact
@@ -22,11 +23,12 @@ from emafusion.stores.redaction import redact
 
 class JudgeInput(TypedDict):
     judge_task: JudgeTask
+    settings: dict[str, Any]
 
 
 def fan_out_judges(state: RouterState, runtime: Runtime[Context]) -> list[Send] | str:
     """After a model answered: one Send per judge. After a failure: straight on."""
-    context = runtime.context or Context()
+    context = settings.current(state, runtime)
     attempts = state.get("attempts", [])
     latest = attempts[-1]
     if latest["status"] != "answered" or not context.judges:
@@ -49,7 +51,8 @@ def fan_out_judges(state: RouterState, runtime: Runtime[Context]) -> list[Send] 
                     p_success=candidate["p_success"],
                     earlier_answers=earlier,
                     query_vector=state.get("query_vector"),
-                )
+                ),
+                settings=state.get("settings") or context.model_dump(mode="json"),
             ),
         )
         for name in context.judges
@@ -59,7 +62,7 @@ def fan_out_judges(state: RouterState, runtime: Runtime[Context]) -> list[Send] 
 async def judge(
     state: JudgeInput, runtime: Runtime[Context], resources: RouterResources
 ) -> dict[str, Any]:
-    context = runtime.context or Context()
+    context = settings.current(state, runtime)
     task = state["judge_task"]
     started = time.perf_counter()
     failed = False

@@ -21,6 +21,7 @@ from emafusion.graph.state import (
     RouteMode,
     RouterState,
 )
+from emafusion.nodes import settings
 from emafusion.nodes.events import emit
 from emafusion.nodes.planning import candidate, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
@@ -62,7 +63,7 @@ def memory_options(
 async def predict(
     state: RouterState, runtime: Runtime[Context], resources: RouterResources
 ) -> dict[str, Any]:
-    context = runtime.context or Context()
+    context = settings.current(state, runtime)
     refine = state.get("route_mode") == "taxonomy"
     models = [c["model"] for c in state.get("candidates", [])] if refine else resources.pool.names
     options, predictions = memory_options(state, context, resources, models)

@@ -15,6 +15,7 @@ from langgraph.runtime import Runtime
 
 from emafusion.graph.context import Context
 from emafusion.graph.state import RecordedEvent, RouterState
+from emafusion.nodes import settings
 from emafusion.nodes.events import emit
 from emafusion.nodes.resources import RouterResources
 from emafusion.stores.memory import OutcomeRecord
@@ -29,7 +30,7 @@ def live_query_id(state: RouterState) -> str:
 async def record(
     state: RouterState, runtime: Runtime[Context], resources: RouterResources
 ) -> dict[str, Any]:
-    context = runtime.context or Context()
+    context = settings.current(state, runtime)
     if not context.record_outcomes or "query_vector" not in state:
         return {}
     outcomes = [

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from langchain_core.language_models import BaseChatModel
 
+from emafusion.graph.context import Context
 from emafusion.stores.artifacts import (
     ROUTER_MANIFEST,
     ArtifactsError,
@@ -33,6 +34,7 @@ from emafusion.stores.combiner import CombinerBook, load_combiners
 from emafusion.stores.embeddings import Embedder, default_embedder
 from emafusion.stores.memory import OutcomeMemory
 from emafusion.stores.pool import ModelSpec, Pool, PoolError, load_default_pool, load_pool
+from emafusion.stores.presets import PresetBook, PresetError, load_presets
 from emafusion.stores.providers import ReplayStore, build_chat_model
 from emafusion.stores.recordings import RecordSet, load_dataset
 from emafusion.stores.taxonomy import (
@@ -62,6 +64,8 @@ class RouterResources:
     combiners: CombinerBook | None = None
     # Models the 'llm' judge may ask, by name (the deployment's judge pool).
     judge_models: dict[str, tuple[ModelSpec, BaseChatModel]] = field(default_factory=dict)
+    # The operating points the evaluation chose (presets.json); None until then.
+    presets: PresetBook | None = None
     # Whether live outcomes are written to router_dir (a deployment choice).
     persist_outcomes: bool = False
     # Serializes add-then-save of live outcomes (the memory itself is thread-safe).
@@ -235,6 +239,7 @@ def load_router(settings: DeploymentSettings) -> RouterResources:
     # Absent files mean "not trained yet"; a damaged or foreign one raises, never ignored.
     resources.verifier = load_verifier(router_dir, embedder.id)
     resources.combiners = load_combiners(router_dir)
+    resources.presets = checked_presets(load_presets(router_dir))
     resources.persist_outcomes = settings.persist_outcomes
     if settings.judge_pool is not None:
         judge_pool = load_pool(settings.judge_pool)
@@ -242,6 +247,21 @@ def load_router(settings: DeploymentSettings) -> RouterResources:
             spec.name: (spec, build_chat_model(spec)) for spec in judge_pool.models
         }
     return resources
+
+
+def checked_presets(book: PresetBook | None) -> PresetBook | None:
+    """Every preset's settings must be valid run settings: a bad one names itself."""
+    if book is None:
+        return None
+    for preset in book.presets.values():
+        try:
+            Context(**preset.settings)
+        except ValueError as exc:
+            raise PresetError(
+                f"{book.source}: preset {preset.name!r} has invalid settings: {exc}. Fix: "
+                f"rerun `emafusion eval` for this router directory."
+            ) from None
+    return book
 
 
 def _artifacts(

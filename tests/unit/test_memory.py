@@ -339,7 +339,7 @@ _KILLED_SAVE = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from emafusion.stores import memory as mm
+    from emafusion.stores.memory import generations as mm, OutcomeMemory, OutcomeRecord
 
     directory, reference, target = sys.argv[1:4]
 
@@ -349,13 +349,13 @@ _KILLED_SAVE = textwrap.dedent(
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         ids = [f"q{seed}-{i}" for i in range(n)]
         outcomes = [
-            [mm.OutcomeRecord(model=f"m{j}", score=float(rng.random()), source="recording",
+            [OutcomeRecord(model=f"m{j}", score=float(rng.random()), source="recording",
                               timestamp=1000.0 + i) for j in range(3)]
             for i in range(n)
         ]
         return ids, vectors, outcomes
 
-    memory = mm.OutcomeMemory(16, "fake-embedder")
+    memory = OutcomeMemory(16, "fake-embedder")
     memory.add_many(*batch(40, 1))
     memory.save(directory)
     memory.save(reference)
@@ -425,7 +425,7 @@ def test_save_killed_midway_leaves_previous_memory(tmp_path: Path, target: str) 
     loaded.add("after", probes[0], [rec("m0", 1.0)])
     final = loaded.save(directory)
     names = sorted(p.name for p in directory.iterdir())
-    assert names == sorted([".lock", MANIFEST_FILE, final.name])
+    assert names == sorted([".lock", MANIFEST_FILE, "log", final.name])
     assert len(OutcomeMemory.load(directory)) == 41
 
 

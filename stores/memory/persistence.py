@@ -77,6 +77,7 @@ class Attachment:
     position: int
     dropped_before: int
     dirty: bool = False  # in-memory adds since, which are in no generation or log
+    dropped_seen: int = 0  # torn or corrupt records read after the generation's log_end
     own: set[int] = field(default_factory=set)  # positions of entries this memory appended
 
 
@@ -102,7 +103,7 @@ def load(
     memory = cls._of(est)
     attach(memory, store, ref.name, ref.lineage, read.end, int(meta.get("log_dropped", 0)))
     memory._learn([e for _, e in read.entries], dirty=False)
-    memory._report = memory._report.plus(read, len(read.entries))
+    seen(memory, read, len(read.entries))
     return memory
 
 
@@ -120,14 +121,14 @@ def refresh(memory: OutcomeMemory) -> int:
                     dropped = int(meta.get("log_dropped", 0))
                     attach(memory, store, ref.name, ref.lineage, read.end, dropped)
                     memory._learn([e for _, e in read.entries], dirty=False)
-                    memory._report = memory._report.plus(read, len(read.entries))
+                    seen(memory, read, len(read.entries))
                     return len(read.entries)
                 attached.generation = ref.name  # a compaction of what this memory has read
             read = store.read_since(attached.position)
         entries = unseen(memory, read)
         memory._learn(entries, dirty=False)
         attached.position = max(attached.position, read.end)
-        memory._report = memory._report.plus(read, len(entries))
+        seen(memory, read, len(entries))
         return len(entries)
 
 
@@ -139,7 +140,8 @@ def compact(memory: OutcomeMemory) -> Path:
             ref = current(store)
             in_sync = ref.name == attached.generation
             if in_sync and not attached.dirty:
-                base, position, dropped = memory._est, attached.position, attached.dropped_before
+                base, position = memory._est, attached.position
+                dropped = attached.dropped_before + attached.dropped_seen
             else:
                 base, meta = decode(store, ref, memory.settings)
                 position, dropped = ref.log_end, int(meta.get("log_dropped", 0))
@@ -162,7 +164,7 @@ def compact(memory: OutcomeMemory) -> Path:
             if not in_sync:
                 memory._est = base
             attach(memory, store, name, ref.lineage, read.end, dropped, dirty=dirty)
-            memory._report = memory._report.plus(read, 0)
+            memory._report = LogReport(dropped_before=dropped)
         return store.directory / name
 
 
@@ -188,7 +190,7 @@ def save(memory: OutcomeMemory, directory: str | Path) -> Path:
             read = store.seal(attached.position)
             memory._learn(unseen(memory, read), dirty=False)
             lineage = ref.lineage if not attached.dirty else lineage
-            dropped = attached.dropped_before
+            dropped = attached.dropped_before + attached.dropped_seen
         else:
             read, dropped = merge_live(memory, store, ref)
         dropped += read.dropped
@@ -248,6 +250,13 @@ def attach(
     memory._report = LogReport(
         report.replayed, report.dropped, report.dropped_bytes, report.damaged_files, dropped_before
     )
+
+
+def seen(memory: OutcomeMemory, read: LogRead, replayed: int) -> None:
+    """Count what a read of the log after the generation applied and dropped."""
+    if memory._attached is not None:
+        memory._attached.dropped_seen += read.dropped
+    memory._report = memory._report.plus(read, replayed)
 
 
 def require_attached(memory: OutcomeMemory, what: str) -> Attachment:

@@ -373,7 +373,8 @@ class OutcomeMemory:
         generation with content this memory has not seen (it compacted past this memory's
         position, or rebuilt the memory), the memory is reloaded instead, which drops its
         in-memory `add`s (appended outcomes are in the log and stay). Returns the number of
-        log entries applied.
+        log entries applied (after a reload: those replayed on the new generation). Waits
+        while another process writes a generation.
         """
         return persistence.refresh(self)
 

@@ -211,7 +211,14 @@ def merge_live(
 ) -> tuple[LogRead, int]:
     """Merge the live outcomes and the unreplayed log of the memory in `store` into
     `memory` (which replaces it); the log read, sealed where the new generation starts."""
-    other, meta = decode(store, ref, None)
+    try:
+        other, meta = decode(store, ref, None)
+    except OutcomeMemoryError as exc:
+        raise OutcomeMemoryError(
+            f"cannot replace the memory in {store.directory} without reading its live "
+            f"outcomes first: {exc}. Move {store.directory} aside (its log/ holds the "
+            "appended outcomes) and save again"
+        ) from exc
     live = other.live_entries()
     store.bind(other.embedder_id, other.dim)
     read = store.seal(ref.log_end)

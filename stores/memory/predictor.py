@@ -117,11 +117,18 @@ def _predict_block(
     present = ~np.isnan(scores)
     weights = np.where(present, weights, 0.0)
     measured = weights  # costs are measured, not judged: they count in full
-    truth_weights = np.where(judged, 0.0, weights)
-    judged_weights = np.where(judged, weights, 0.0)
     if judged.any():
+        truth_weights = np.where(judged, 0.0, weights)
+        judged_weights = np.where(judged, weights, 0.0)
         weights = truth_weights + settings.judged_weight * judged_weights
+        n_truth, n_judged = truth_weights.sum(axis=1), judged_weights.sum(axis=1)
+        truth_count = (truth_weights > 0).sum(axis=1)
+        judged_count = (judged_weights > 0).sum(axis=1)
     n_eff = weights.sum(axis=1)
+    if not judged.any():  # ground truth only: every weight is a ground-truth one
+        n_truth, n_judged = n_eff, np.zeros_like(n_eff)
+        truth_count = (weights > 0).sum(axis=1)
+        judged_count = np.zeros_like(truth_count)
     weighted = (weights * np.where(present, scores, 0.0)).sum(axis=1)
 
     m = settings.shrinkage
@@ -153,10 +160,10 @@ def _predict_block(
         weights=weights,
         scores=scores,
         judged=judged,
-        truth_count=(truth_weights > 0).sum(axis=1),
-        judged_count=(judged_weights > 0).sum(axis=1),
-        n_truth=truth_weights.sum(axis=1),
-        n_judged=judged_weights.sum(axis=1),
+        truth_count=truth_count,
+        judged_count=judged_count,
+        n_truth=n_truth,
+        n_judged=n_judged,
     )
 
 
@@ -283,33 +290,42 @@ def _kernel(est: Estimator, sims: np.ndarray) -> np.ndarray:
 
 def predictions_for(batch: BatchPrediction, b: int, ids: list[str]) -> dict[str, Prediction]:
     """The per-model `Prediction` objects of query b of a batch."""
-    rows = batch.rows[b]
-    sims = batch.similarities[b]
+    # Plain Python lists: per-element numpy indexing costs more than the arithmetic here.
+    rows = batch.rows[b].tolist()
+    sims = batch.similarities[b].tolist()
+    weights, scores = batch.weights[b].T.tolist(), batch.scores[b].T.tolist()
+    judged = batch.judged[b].T.tolist()
+    p, bonus, ucb = (a[b].tolist() for a in (batch.p_success, batch.exploration_bonus, batch.ucb))
+    prior, source, cost = (
+        a[b].tolist() for a in (batch.prior, batch.prior_source, batch.expected_cost_usd)
+    )
+    n_eff, n_truth, n_judged = (a[b].tolist() for a in (batch.n_eff, batch.n_truth, batch.n_judged))
+    truth_count, judged_count = batch.truth_count[b].tolist(), batch.judged_count[b].tolist()
     out = {}
     for j, model in enumerate(batch.models):
-        used = np.flatnonzero(batch.weights[b, :, j] > 0)
-        cost = float(batch.expected_cost_usd[b, j])
+        w = weights[j]
+        used = [i for i, weight in enumerate(w) if weight > 0]
         evidence = Evidence(
-            query_ids=tuple(ids[r] for r in rows[used].tolist()),
-            similarities=tuple(sims[used].tolist()),
-            weights=tuple(batch.weights[b, used, j].tolist()),
-            scores=tuple(batch.scores[b, used, j].tolist()),
-            n_eff=float(batch.n_eff[b, j]),
-            judged=tuple(batch.judged[b, used, j].tolist()),
+            query_ids=tuple(ids[rows[i]] for i in used),
+            similarities=tuple(sims[i] for i in used),
+            weights=tuple(w[i] for i in used),
+            scores=tuple(scores[j][i] for i in used),
+            n_eff=n_eff[j],
+            judged=tuple(judged[j][i] for i in used),
         )
         out[model] = Prediction(
             model=model,
-            p_success=float(batch.p_success[b, j]),
-            exploration_bonus=float(batch.exploration_bonus[b, j]),
-            ucb=float(batch.ucb[b, j]),
-            prior=float(batch.prior[b, j]),
-            prior_source=PRIOR_SOURCES[int(batch.prior_source[b, j])],
-            expected_cost_usd=None if math.isnan(cost) else cost,
+            p_success=p[j],
+            exploration_bonus=bonus[j],
+            ucb=ucb[j],
+            prior=prior[j],
+            prior_source=PRIOR_SOURCES[source[j]],
+            expected_cost_usd=None if math.isnan(cost[j]) else cost[j],
             evidence=evidence,
-            truth_count=int(batch.truth_count[b, j]),
-            judged_count=int(batch.judged_count[b, j]),
-            n_truth=float(batch.n_truth[b, j]),
-            n_judged=float(batch.n_judged[b, j]),
+            truth_count=truth_count[j],
+            judged_count=judged_count[j],
+            n_truth=n_truth[j],
+            n_judged=n_judged[j],
         )
     return out
 

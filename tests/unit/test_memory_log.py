@@ -243,3 +243,14 @@ def test_load_of_a_memory_saved_with_judged_weight(tmp_path: Path) -> None:
     loaded = OutcomeMemory.load(tmp_path)
     assert loaded.settings.judged_weight == 0.25
     assert loaded.predict(E[0], ["a"]) == mem.predict(E[0], ["a"])
+
+
+def test_rebuild_over_a_damaged_memory_is_refused_with_the_fix(tmp_path: Path) -> None:
+    saved(tmp_path).append("live", E[0], [rec("a", 0.0, source="live_judged")])
+    [generation] = tmp_path.glob("gen-*")
+    (generation / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(
+        OutcomeMemoryError, match=r"without reading its live outcomes.*Move .* aside"
+    ):
+        memory().save(tmp_path)
+    assert len(segments(tmp_path)) == 1 and segments(tmp_path)[0].stat().st_size > 100

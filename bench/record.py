@@ -146,9 +146,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[10_000, 100_000],
         help="stored queries, comma separated (default 10k,100k)",
     )
-    parser.add_argument("--saves", type=int, default=8, help="timed add + save calls per size")
-    parser.add_argument("--appends", type=int, default=300, help="timed batch-1 appends")
-    parser.add_argument("--batches", type=int, default=20, help="timed batch-64 appends")
+    parser.add_argument("--saves", type=int, default=10, help="timed add + save calls per size")
+    parser.add_argument("--appends", type=int, default=1000, help="timed batch-1 appends")
+    parser.add_argument("--batches", type=int, default=100, help="timed batch-64 appends")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: tmp)")
     parser.add_argument("--quick", action="store_true", help="sizes 2k,10k, fewer calls")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,8 @@
 """record: judged outcomes go back into the memory; the router learns from its traffic.
 
 An answer a judge failed on is never recorded: its confidence says nothing of it. Whether
-outcomes reach disk is the deployment's choice (`persist_outcomes`), never a run's.
+outcomes reach disk is the deployment's choice (`persist_outcomes`), never a run's; there
+they append to the memory's outcome log (compacted by `emafusion memory compact`).
 """
 
 from __future__ import annotations
@@ -51,11 +52,17 @@ async def record(
     category = state.get("category")
 
     def write() -> None:
-        with resources.memory_lock:
-            known = query_id in resources.memory
-            resources.memory.add(query_id, None if known else vector, outcomes, category)
-            if resources.persist_outcomes and resources.router_dir is not None:
-                resources.memory.save(resources.router_dir / "memory")
+        memory = resources.memory
+        if resources.persist_outcomes and memory.directory is None and resources.router_dir:
+            with resources.memory_lock:  # a memory built in this process: give it a home
+                if memory.directory is None:
+                    memory.save(resources.router_dir / "memory")
+        if resources.persist_outcomes and memory.directory is not None:
+            # One fsynced append to the outcome log that every process shares: O(1), and
+            # nothing another process recorded is overwritten.
+            memory.append(query_id, vector, outcomes, category)
+        else:
+            memory.add(query_id, vector, outcomes, category)
 
     await asyncio.to_thread(write)
     event = emit(

@@ -98,6 +98,8 @@ def build_memory(
         vectors,
         [outcome_records(r, pool) for r in records],
         [r.category for r in records],
+        # A recording's category is its label: a predicted category never replaces it.
+        category_is_label=True,
     )
     return memory
 

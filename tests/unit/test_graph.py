@@ -16,6 +16,7 @@ from emafusion.graph.state import JudgeTask
 from emafusion.nodes import policy
 from emafusion.nodes.judges import JudgeResult, register_judge
 from emafusion.nodes.resources import RouterResources
+from emafusion.stores.memory import OutcomeMemory
 from emafusion.stores.recordings import Record, RecordSet
 from emafusion.train.traces import decided_events
 from tests import synthetic
@@ -196,10 +197,14 @@ async def test_judged_outcome_is_recorded_and_persisted_only_if_the_deployment_s
     assert stored.outcomes[result["model"]].score == pytest.approx(result["confidence"])
     assert not (tmp_path / "router" / "memory").exists()
     resources.persist_outcomes = True
+    other = _tests(synthetic_records)[5]
     await graph.ainvoke(
-        {"query": record.query, "record_id": record.id}, context=Context(record_outcomes=True)
+        {"query": other.query, "record_id": other.id}, context=Context(record_outcomes=True)
     )
-    assert (tmp_path / "router" / "memory").is_dir()
+    # Durable: another process loading the router directory sees the live outcome.
+    reloaded = OutcomeMemory.load(tmp_path / "router" / "memory")
+    stored_again = reloaded.get(other.id)
+    assert stored_again is not None and stored_again.judged
 
 
 class _BrokenJudge:

@@ -119,6 +119,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     estimated = any(source != COST_RECORDED for source in sources)
     note = " (list prices x estimated tokens)" if estimated else ""
     print(f"cost:       ${result.get('cost_usd', 0.0):.6f}{note}")
+    print(f"run id:     {result.get('run_id')}  (emafusion feedback --run-id ... --score S)")
     if attempts_event and not attempts_event["data"].get("answered"):
         failures = [e["data"] for e in result.get("trace", []) if e["event"] == "failed"]
         print("no model answered:", file=sys.stderr)

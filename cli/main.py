@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from emafusion.cli.ask import add_ask_commands
 from emafusion.cli.data import add_data_commands
 from emafusion.cli.eval import add_eval_commands
+from emafusion.cli.feedback import add_feedback_commands
 from emafusion.cli.judges import add_judges_commands
 from emafusion.cli.memory import add_memory_commands
 from emafusion.stores.download import DataError
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_judges_commands(commands)
     add_ask_commands(commands)
     add_eval_commands(commands)
+    add_feedback_commands(commands)
     return parser
 
 

@@ -152,6 +152,7 @@ class EscalatingEvent(TypedDict):
 
 
 class ReturnedEvent(TypedDict):
+    run_id: str
     model: str | None
     confidence: float | None
     cost_usd: float
@@ -194,6 +195,7 @@ class RouterInput(TypedDict):
 
 
 class RouterOutput(TypedDict):
+    run_id: str  # what feedback on this answer names (`submit_feedback`)
     answer: str | None
     model: str | None
     confidence: float | None
@@ -209,6 +211,7 @@ class RouterState(TypedDict):
     # The run's effective settings (its preset, overridden by what the run set), resolved
     # once when the run starts; every later node and edge reads them.
     settings: NotRequired[dict[str, Any]]
+    run_id: NotRequired[str]
     # Embedded once by classify; every later node reads this vector, none embeds again.
     query_vector: NotRequired[list[float]]
     category_probs: NotRequired[dict[str, float]]

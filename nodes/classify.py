@@ -8,6 +8,7 @@ top category is confident, takes the models proven best for it on training outco
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,7 @@ async def classify(
     )
     return {
         "settings": context.model_dump(mode="json"),
+        "run_id": uuid.uuid4().hex,
         "query_vector": vector.astype(float).tolist(),
         "category_probs": {n: float(p) for n, p in zip(names, probs, strict=True)},
         "category": category if confident else None,

@@ -31,6 +31,7 @@ async def finalize(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
         runtime,
         "returned",
         ReturnedEvent(
+            run_id=state.get("run_id", ""),
             model=chosen["model"] if chosen else None,
             confidence=chosen["confidence"] if chosen else None,
             cost_usd=cost,
@@ -41,6 +42,7 @@ async def finalize(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
         ),
     )
     return {
+        "run_id": state.get("run_id", ""),
         "answer": chosen["answer"] if chosen else None,
         "model": chosen["model"] if chosen else None,
         "confidence": chosen["confidence"] if chosen else None,

@@ -20,6 +20,7 @@ from emafusion.nodes import settings
 from emafusion.nodes.events import emit
 from emafusion.nodes.resources import RouterResources
 from emafusion.stores.memory import OutcomeRecord
+from emafusion.stores.run_ledger import RunEntry
 
 
 def live_query_id(state: RouterState) -> str:
@@ -32,7 +33,24 @@ async def record(
     state: RouterState, runtime: Runtime[Context], resources: RouterResources
 ) -> dict[str, Any]:
     context = settings.current(state, runtime)
-    if not context.record_outcomes or "query_vector" not in state:
+    if "query_vector" not in state:
+        return {}
+    query_id = live_query_id(state)
+    vector = np.asarray(state["query_vector"], dtype=np.float32)
+    category = state.get("category")
+    attempts = state.get("attempts", [])
+    answered = [a for a in attempts if a["status"] == "answered"]
+    entry = RunEntry(
+        run_id=state.get("run_id", ""),
+        query_id=query_id,
+        vector=tuple(float(x) for x in state["query_vector"]),
+        category=category,
+        model=state.get("model"),
+        models=tuple(a["model"] for a in answered),
+    )
+    # Feedback on this run may come later: the ledger knows what it needs.
+    await asyncio.to_thread(resources.runs.add, entry)
+    if not context.record_outcomes:
         return {}
     outcomes = [
         OutcomeRecord(
@@ -42,14 +60,11 @@ async def record(
             cost_usd=a["cost_usd"],
             latency_s=a["latency_ms"] / 1000.0,
         )
-        for a in state.get("attempts", [])
-        if a["status"] == "answered" and a["confidence"] is not None and not a["judges_failed"]
+        for a in answered
+        if a["confidence"] is not None and not a["judges_failed"]
     ]
     if not outcomes:
         return {}
-    query_id = live_query_id(state)
-    vector = np.asarray(state["query_vector"], dtype=np.float32)
-    category = state.get("category")
 
     def write() -> None:
         memory = resources.memory

@@ -37,6 +37,7 @@ from emafusion.stores.pool import ModelSpec, Pool, PoolError, load_default_pool,
 from emafusion.stores.presets import PresetBook, PresetError, load_presets
 from emafusion.stores.providers import ReplayStore, build_chat_model
 from emafusion.stores.recordings import RecordSet, load_dataset
+from emafusion.stores.run_ledger import RunLedger
 from emafusion.stores.taxonomy import (
     CategoryClassifier,
     Taxonomy,
@@ -68,6 +69,8 @@ class RouterResources:
     presets: PresetBook | None = None
     # Whether live outcomes are written to router_dir (a deployment choice).
     persist_outcomes: bool = False
+    # Recent runs, for feedback (on disk too when outcomes persist).
+    runs: RunLedger = field(default_factory=RunLedger)
     # Serializes add-then-save of live outcomes (the memory itself is thread-safe).
     memory_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -241,6 +244,7 @@ def load_router(settings: DeploymentSettings) -> RouterResources:
     resources.combiners = load_combiners(router_dir)
     resources.presets = checked_presets(load_presets(router_dir))
     resources.persist_outcomes = settings.persist_outcomes
+    resources.runs = RunLedger(router_dir if settings.persist_outcomes else None)
     if settings.judge_pool is not None:
         judge_pool = load_pool(settings.judge_pool)
         resources.judge_models = {

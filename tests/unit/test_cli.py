@@ -19,6 +19,7 @@ COMMANDS = {
     "ask": ("--record-id", "--threshold", "--budget", "--stream"),
     "graph": ("--format", "--out"),
     "eval": ("--dataset", "--limit", "--no-progress"),
+    "feedback": ("--run-id", "--query-id", "--model", "--score"),
 }
 
 

@@ -56,7 +56,9 @@ async def test_router_answers_with_a_recorded_response(
         events = _events(result)
         assert events[0] == "classified" and events[-1] == "returned"
         assert "invoking" in events and "decided" in events
+        assert len(result["run_id"]) == 32
         assert set(result) == {
+            "run_id",
             "answer",
             "model",
             "confidence",

@@ -164,31 +164,66 @@ def fuse(view: CascadeView, model: FusionModel = DEFAULT_FUSION) -> Fused | None
 # --- decide and choose -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StageSummary:
+    """What decide and choose read of a view, computed once (`summarize`): a replay that
+    tries many thresholds over the same traces reuses it."""
+
+    answered: bool  # the latest stage has an answer
+    distrusted: bool  # a judge failed on one of its answers (and failures escalate)
+    confidence: float | None  # of the answer the router would return now
+    returned: int | None  # the answer returned if the router stops here confident
+    fallback: int | None  # the answer returned if it stops without confidence
+
+
+def summarize(
+    view: CascadeView, settings: PolicySettings, model: FusionModel = DEFAULT_FUSION
+) -> StageSummary:
+    attempts = view["attempts"]
+    if not attempts:
+        return StageSummary(False, False, None, None, None)
+    last = max(a["stage"] for a in attempts)
+    stage = [i for i, a in enumerate(attempts) if a["stage"] == last]
+    answered = [i for i in stage if attempts[i]["status"] == "answered"]
+    distrusted = settings.on_judge_failure == "escalate" and any(
+        attempts[i]["judges_failed"] for i in answered
+    )
+    if settings.fusion == "vote":
+        fused = fuse(view, model)
+        chosen = None if fused is None else fused.chosen
+        confidence = None if fused is None or not answered else fused.confidence
+        return StageSummary(bool(answered), distrusted, confidence, chosen, chosen)
+    everyone = [i for i, a in enumerate(attempts) if a["status"] == "answered"]
+    fallback = (
+        max(reversed(everyone), key=lambda i: attempts[i]["confidence"] or 0.0)
+        if everyone
+        else None
+    )
+    current = answered[-1] if answered else None
+    confidence = attempts[current]["confidence"] if current is not None else None
+    return StageSummary(bool(answered), distrusted, confidence, current, fallback)
+
+
 def stage_confidence(
     view: CascadeView, settings: PolicySettings, model: FusionModel = DEFAULT_FUSION
 ) -> float | None:
     """How sure the router is of the answer it would return now (None: no judge spoke)."""
-    if settings.fusion == "vote":
-        fused = fuse(view, model)
-        return None if fused is None else fused.confidence
-    answered = [a for a in current_stage(view["attempts"]) if a["status"] == "answered"]
-    return answered[-1]["confidence"] if answered else None
+    return summarize(view, settings, model).confidence
 
 
 def decide(
-    view: CascadeView, settings: PolicySettings, model: FusionModel = DEFAULT_FUSION
+    view: CascadeView,
+    settings: PolicySettings,
+    model: FusionModel = DEFAULT_FUSION,
+    summary: StageSummary | None = None,
 ) -> tuple[Decision, str]:
     """The decision after the latest stage, and why."""
     attempts = view["attempts"]
     if not attempts:
         raise PolicyError("decide needs at least one attempt")
-    stage = current_stage(attempts)
-    answered = [a for a in stage if a["status"] == "answered"]
-    distrusted = settings.on_judge_failure == "escalate" and any(
-        a["judges_failed"] for a in answered
-    )
-    confidence = stage_confidence(view, settings, model) if answered else None
-    if answered and settings.stop_early and not distrusted:
+    summary = summary or summarize(view, settings, model)
+    confidence = summary.confidence
+    if summary.answered and settings.stop_early and not summary.distrusted:
         if confidence is None:
             if settings.on_abstain == "return":
                 return "return", "no judge gave a score; on_abstain=return"
@@ -200,6 +235,7 @@ def decide(
     total = sum(1 for a in attempts if a["status"] == "answered")
     if total >= settings.max_levels:
         return "max_levels", f"{total} answers reached max_levels {settings.max_levels}"
+    stage = current_stage(attempts)
     if settings.budget_usd is not None:
         # The next answers will be judged too, at about what judging these cost.
         judging = sum(a["judge_cost_usd"] for a in stage) / len(stage)
@@ -209,10 +245,10 @@ def decide(
                 f"calling {', '.join(view['next_models'])} would bring the query to "
                 f"${projected:.6f}, over the budget ${settings.budget_usd:.6f}"
             )
-    if not answered:
+    if not summary.answered:
         return "escalate", ", ".join(f"{a['model']} {a['status']}" for a in stage)
-    if distrusted:
-        failed = sorted({j for a in answered for j in a["judges_failed"]})
+    if summary.distrusted:
+        failed = sorted({j for a in stage for j in a["judges_failed"]})
         return "escalate", f"judge(s) {', '.join(failed)} failed (fail closed)"
     if confidence is None:
         return "escalate", "no judge gave a score (fail closed)"
@@ -224,32 +260,27 @@ def choose(
     decision: Decision,
     settings: PolicySettings,
     model: FusionModel = DEFAULT_FUSION,
+    summary: StageSummary | None = None,
 ) -> tuple[int | None, str]:
     """The attempt whose answer is returned (None: nobody answered), and why."""
+    summary = summary or summarize(view, settings, model)
     attempts = view["attempts"]
     if settings.fusion == "vote":
-        fused = fuse(view, model)
-        if fused is None:
+        if summary.returned is None:
             return None, "no model answered"
-        members = sum(1 for a in attempts if a["answer_key"] == fused.key) if fused.key else 1
-        return fused.chosen, (
-            f"{decision}: the fused answer ({members} of "
-            f"{sum(1 for a in attempts if a['status'] == 'answered')} answers, "
-            f"P(right) {fused.confidence:.3f})"
+        key = attempts[summary.returned]["answer_key"]
+        members = sum(1 for a in attempts if key is not None and a["answer_key"] == key) or 1
+        answered = sum(1 for a in attempts if a["status"] == "answered")
+        confidence = summary.confidence if summary.confidence is not None else float("nan")
+        return summary.returned, (
+            f"{decision}: the fused answer ({members} of {answered} answers, P(right) "
+            f"{confidence:.3f})"
         )
-    if decision == "return":
-        answered = [
-            i
-            for i, a in enumerate(attempts)
-            if a["status"] == "answered" and a["stage"] == attempts[-1]["stage"]
-        ]
-        if answered:
-            return answered[-1], "confident"
-    answered = [i for i, a in enumerate(attempts) if a["status"] == "answered"]
-    if not answered:
+    if decision == "return" and summary.returned is not None:
+        return summary.returned, "confident"
+    if summary.fallback is None:
         return None, "no model answered"
-    best = max(reversed(answered), key=lambda i: attempts[i]["confidence"] or 0.0)
-    return best, f"{decision}: the most confident answer"
+    return summary.fallback, f"{decision}: the most confident answer"
 
 
 # --- confidences ---------------------------------------------------------------------------
@@ -333,6 +364,7 @@ def replay(
     views: Sequence[CascadeView],
     settings: PolicySettings,
     model: FusionModel = DEFAULT_FUSION,
+    summaries: Sequence[StageSummary] | None = None,
 ) -> ReplayOutcome:
     """What the graph would have returned under `settings`, from a run's policy inputs
     (`views_of` its `decided` events, one per stage).
@@ -342,8 +374,10 @@ def replay(
     """
     if not views:
         return ReplayOutcome(None, None, "exhausted", 0, 0.0, None)
-    for index, view in enumerate(views):
-        decision, _ = decide(view, settings, model)
+    if summaries is None:
+        summaries = [summarize(v, settings, model) for v in views]
+    for index, (view, summary) in enumerate(zip(views, summaries, strict=True)):
+        decision, _ = decide(view, settings, model, summary)
         if decision == "escalate" and index < len(views) - 1:
             continue
         if decision == "escalate":
@@ -353,9 +387,9 @@ def replay(
                 f"stop_early=False and settings that go at least as far"
             )
         attempts = view["attempts"]
-        chosen, _ = choose(view, decision, settings, model)
+        chosen, _ = choose(view, decision, settings, model, summary)
         confidence = (
-            stage_confidence(view, settings, model)
+            summary.confidence
             if settings.fusion == "vote"
             else (attempts[chosen]["confidence"] if chosen is not None else None)
         )

@@ -79,7 +79,9 @@ def _archive_json(path: Path) -> tuple[str, bytes]:
                 )
             return members[0], archive.read(members[0])
     except _ARCHIVE_ERRORS as exc:
-        raise RecordingError(f"{path}: not a readable zip ({exc}). {_REFETCH}") from exc
+        raise RecordingError(
+            f"{path}: not a readable zip ({exc.__class__.__name__}: {exc}). {_REFETCH}"
+        ) from exc
 
 
 def _short(value: Any, width: int = 40) -> str:

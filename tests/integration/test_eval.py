@@ -27,7 +27,9 @@ ROW_KEYS = {
 }
 
 
-def test_eval_end_to_end_on_a_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_end_to_end_on_a_slice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data_dir_env: Path
+) -> None:
     out = tmp_path / "results"
     argv = [
         "eval",

@@ -102,10 +102,11 @@ class PlanTraces:
 
 
 def threshold_grid(confidences: np.ndarray, most: int = 60) -> list[float | None]:
-    """Quantiles of the confidences seen, as thresholds; and never stopping early."""
+    """Quantiles of the confidences seen, rounded to 3 places (a threshold is never tuned
+    finer than the confidences can be trusted), and never stopping early."""
     if not len(confidences):
         return [None]
-    values = np.unique(np.quantile(confidences, np.linspace(0.0, 1.0, most)))
+    values = np.unique(np.round(np.quantile(confidences, np.linspace(0.0, 1.0, most)), 3))
     return [float(v) for v in values] + [None]
 
 
@@ -147,21 +148,23 @@ def fit_calibrator(traces: PlanTraces, l2: float = 1.0) -> FusionModel:
 
 
 def candidate_models(
-    signals: Sequence[QuerySignals], pool: Sequence[str], most: int = 6
+    signals: Sequence[QuerySignals], pool: Sequence[str], most: int = 5, within: float = 0.15
 ) -> list[str]:
-    """The most accurate models, and every model on the (cost, accuracy) frontier."""
-    acc = {m: np.mean([s.score(m) for s in signals]) for m in pool}
-    cost = {m: np.mean([s.costs.get(m, 0.0) for s in signals]) for m in pool}
+    """The `most` most accurate models, and every model on the (cost, accuracy) frontier
+    within `within` of the best accuracy (cheap but credible), cheapest first."""
+    acc = {m: float(np.mean([s.score(m) for s in signals])) for m in pool}
+    cost = {m: float(np.mean([s.costs.get(m, 0.0) for s in signals])) for m in pool}
+    top = max(acc.values())
     chosen = sorted(pool, key=lambda m: -acc[m])[:most]
     for m in pool:
         dominated = any(acc[o] >= acc[m] and cost[o] <= cost[m] and o != m for o in pool)
-        if not dominated and m not in chosen:
+        if not dominated and m not in chosen and acc[m] >= top - within:
             chosen.append(m)
     return sorted(chosen, key=lambda m: cost[m])
 
 
 def candidate_plans(
-    models: Sequence[str], first_stage_from: int = 4, first_stage_size: int = 3, tail: int = 2
+    models: Sequence[str], first_stage_from: int = 3, first_stage_size: int = 3, tail: int = 2
 ) -> list[Plan]:
     """Plans of one parallel first stage (1 to `first_stage_size` of the cheapest
     `first_stage_from` candidates) followed by up to `tail` more models, cheapest first,

@@ -36,8 +36,8 @@ from emafusion.train.fusion import (
 )
 from emafusion.train.fusion_traces import Plan, QuerySignals, fold_of
 
-SCREEN_QUERIES = 2000
-SCREEN_THRESHOLDS = 10
+SCREEN_QUERIES = 1500
+SCREEN_THRESHOLDS = 8
 SHORTLIST = 3
 FULL_THRESHOLDS = 24
 MAX_LEVELS = 8

@@ -51,7 +51,7 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache dir holding the fp32 export and its int8 quantization (built once)."""
     cache = tmp_path_factory.mktemp("onnx-cache")
     for variant in ("fp32", "int8"):
-        OnnxMiniLMEmbedder(variant, cache_dir=cache).prepare()  # type: ignore[arg-type]
+        OnnxMiniLMEmbedder(variant, cache_dir=cache).prepare()
     return cache
 
 
@@ -275,8 +275,8 @@ def test_racing_processes_build_one_file(onnx_cache: Path, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 def test_vector_is_the_same_alone_or_in_any_batch(variant: str, onnx_cache: Path) -> None:
-    serial = OnnxMiniLMEmbedder(variant, cache_dir=onnx_cache, threads=1)  # type: ignore[arg-type]
-    pooled = OnnxMiniLMEmbedder(variant, cache_dir=onnx_cache, threads=4)  # type: ignore[arg-type]
+    serial = OnnxMiniLMEmbedder(variant, cache_dir=onnx_cache, threads=1)
+    pooled = OnnxMiniLMEmbedder(variant, cache_dir=onnx_cache, threads=4)
     target = "Which planet has the most moons?"
     alone = serial.embed([target])[0].tobytes()
     others = ["x", "a much longer neighbour " * 30, "", "short one", "routing " * 300]

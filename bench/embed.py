@@ -38,19 +38,18 @@ def worker(kind: str, texts_file: Path, cache_dir: Path, queries: int, batches: 
 
     for text in texts[1:6]:  # warm-up
         embedder.embed([text])
-    latencies = []
+    latencies, cpu = [], []
     for text in texts[:queries]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         embedder.embed([text])
         latencies.append((time.perf_counter() - t0) * 1000.0)
+        cpu.append((time.process_time() - c0) * 1000.0)
     batch_s = []
     for b in range(batches):
         batch = [texts[(b * 256 + i) % len(texts)] for i in range(256)]
         t0 = time.perf_counter()
         embedder.embed(batch)
         batch_s.append(time.perf_counter() - t0)
-
-    import resource
 
     import numpy as np
 
@@ -63,12 +62,22 @@ def worker(kind: str, texts_file: Path, cache_dir: Path, queries: int, batches: 
                 "startup_s": startup_s,
                 "p50_ms": float(np.percentile(latencies, 50)),
                 "p99_ms": float(np.percentile(latencies, 99)),
+                "cpu_ms": float(np.percentile(cpu, 50)),
                 "throughput": 256 / min(batch_s),
-                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                "rss_mb": peak_rss_mb(),
                 "loaded": heavy,
             }
         )
     )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Not getrusage: Linux carries ru_maxrss over exec, so a child
+    would report its parent's peak (the parent holds the loaded dataset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def routing_texts(dataset: str, n: int) -> list[str]:
@@ -84,6 +93,10 @@ def measure(kind: str, texts_file: Path, cache_dir: Path, queries: int, batches:
     command += ["--batches", str(batches)]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def main() -> None:
@@ -112,6 +125,7 @@ def main() -> None:
         path = embedder.prepare()  # export once, outside the timings
         builds[variant] = json.loads(manifest_path(path).read_text())
     texts = routing_texts(args.dataset, max(args.queries, 256))
+    load_before = _load()
     with tempfile.TemporaryDirectory() as tmp:
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
@@ -123,10 +137,10 @@ def main() -> None:
         f"batch-256 best of {args.batches}; each path in a fresh process\n"
     )
     print(
-        "| path | start-up s | batch-1 p50 ms | batch-1 p99 ms | batch-256 texts/s "
-        "| peak RSS MB | loads |"
+        "| path | start-up s | batch-1 p50 ms | batch-1 p99 ms | batch-1 CPU ms p50 "
+        "| batch-256 texts/s | peak RSS MB | loads |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
 
         def cell(key: str, fmt: str, row: dict = row) -> str:
@@ -135,10 +149,15 @@ def main() -> None:
 
         print(
             f"| {row['kind']} | {cell('startup_s', '.2f')} | {cell('p50_ms', '.2f')} "
-            f"| {cell('p99_ms', '.2f')} | {cell('throughput', '.0f')} | {cell('rss_mb', '.0f')} "
+            f"| {cell('p99_ms', '.2f')} | {cell('cpu_ms', '.2f')} | {cell('throughput', '.0f')} "
+            f"| {cell('rss_mb', '.0f')} "
             f"| {', '.join(row['loaded'])} |"
         )
-    print("\nratios: to sentence-transformers in the same run")
+    print(
+        "\nratios: to sentence-transformers in the same run. CPU ms: process CPU time (all "
+        "threads) per query, less sensitive than wall time to other load on the machine."
+    )
+    print(f"load average before/after: {load_before} / {_load()}")
     for variant, build in builds.items():
         size_mb = build["size"] / 2**20
         print(f"ONNX {variant}: {size_mb:.0f} MB file, one-off build {build['build_seconds']} s")

@@ -178,7 +178,14 @@ class OnnxMiniLMEmbedder:
             if self._tokenizer is None:
                 from tokenizers import Tokenizer
 
-                tokenizer = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
+                tokenizer_file = self.model_path / "tokenizer.json"
+                try:
+                    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+                except Exception as exc:  # tokenizers raises a bare Exception
+                    raise OnnxModelError(
+                        f"{tokenizer_file}: cannot load the tokenizer ({exc}). Fix: point "
+                        f"model_path at a sentence-transformers model with a fast tokenizer."
+                    ) from exc
                 # tokenizer.json ships padding and truncation to 128; lengths are ours to set.
                 tokenizer.no_padding()
                 tokenizer.no_truncation()

@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,6 +171,7 @@ def ensure_onnx_model(model_dir: Path, cache_dir: Path, variant: OnnxVariant) ->
         if problem != "missing":
             logger.warning("rebuilding %s: %s", path, problem)
         _remove_leftovers(path)
+        logger.info("building %s once (an fp32 export takes ~30 s)", path)
         started = time.perf_counter()
         if variant == "fp32":
             data = export_fp32(model_dir)
@@ -244,7 +246,7 @@ def export_fp32(model_dir: Path) -> bytes:
     batch = torch.export.Dim("batch")
     seq = torch.export.Dim("seq", max=int(model.config.max_position_embeddings))
     dynamic = {name: {0: batch, 1: seq} for name in INPUT_NAMES}
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _quiet_exporter_logs():
         program = torch.onnx.export(
             wrapper,
             tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
@@ -260,6 +262,20 @@ def export_fp32(model_dir: Path) -> bytes:
     data: bytes = program.model_proto.SerializeToString()
     _check_against_torch(data, wrapper)
     return data
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Iterator[None]:
+    """The exporter's optimizer logs every rewrite at INFO; an app logging at INFO drowns."""
+    names = ("onnxscript", "onnx_ir", "torch.onnx")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _probe_inputs(rng: np.random.Generator, lengths: list[int], pad_to: int) -> dict[str, Any]:

@@ -84,8 +84,11 @@ logger = logging.getLogger(__name__)
 EMBEDDER_ENV = "EMAFUSION_EMBEDDER"
 EmbedderKind = Literal["onnx", "onnx-int8", "sentence-transformers"]
 EMBEDDER_KINDS: tuple[EmbedderKind, ...] = get_args(EmbedderKind)
-# The ONNX variant "auto" picks. fp32: int8 is ~2x faster per query but moves vectors
-# (cosine ~0.99 to fp32); bench/embed_quality.py measures what that costs the router.
+# The ONNX variant "auto" picks: fp32, whose vectors match sentence-transformers (cosine
+# > 0.999; router AUROC and classifier accuracy equal to 4 places on both datasets). int8 held
+# quality too (bench/embed_quality.py: within 0.0034) and is ~2x faster, but its vectors move
+# (cosine ~0.99) and its integer kernels differ between CPU generations; choose it with
+# EMAFUSION_EMBEDDER=onnx-int8.
 AUTO_ONNX_KIND: EmbedderKind = "onnx"
 
 

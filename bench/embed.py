@@ -10,7 +10,7 @@ so that RSS and start-up are that path's alone:
 No embedding cache is involved. Prints a markdown table with each path's ratio to the
 baseline (for latency and RSS lower is better; for throughput higher is better).
 
-Usage:  .venv/bin/python bench/embed.py [--dataset mmlu-pro] [--queries 200] [--batches 2]
+Usage:  .venv/bin/python bench/embed.py [--dataset mmlu-pro] [--queries 200] [--batches 4]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="mmlu-pro")
     parser.add_argument("--queries", type=int, default=200, help="batch-1 samples per path")
-    parser.add_argument("--batches", type=int, default=2, help="batch-256 runs (best counts)")
+    parser.add_argument("--batches", type=int, default=4, help="batch-256 runs (best counts)")
     parser.add_argument("--cache-dir", type=Path, help="where the ONNX files are kept")
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--texts", type=Path, help=argparse.SUPPRESS)

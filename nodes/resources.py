@@ -34,7 +34,7 @@ from emafusion.stores.artifacts import (
 from emafusion.stores.combiner import CombinerBook, load_combiners
 from emafusion.stores.embeddings import Embedder, default_embedder
 from emafusion.stores.fusion import FusionModel, load_fusion
-from emafusion.stores.memory import ModelStats, OutcomeMemory
+from emafusion.stores.memory import ModelStats, OutcomeMemory, OutcomeMemoryError
 from emafusion.stores.pool import ModelSpec, Pool, PoolError, load_default_pool, load_pool
 from emafusion.stores.presets import PresetBook, PresetError, load_presets
 from emafusion.stores.providers import ReplayStore, build_chat_model
@@ -311,6 +311,15 @@ def _artifacts(
 ) -> RouterArtifacts:
     try:
         artifacts = RouterArtifacts.load(router_dir, embedder.id)
+    except (OutcomeMemoryError, TaxonomyError) as exc:
+        if "embedder" not in str(exc):
+            raise
+        raise ArtifactsError(
+            f"{router_dir} was built with another embedder than this process uses "
+            f"({embedder.id}): {exc}. Fix: rebuild it (`emafusion eval`, or `emafusion memory "
+            f"build --out {router_dir}`), or set EMAFUSION_EMBEDDER to the embedder it was "
+            f"built with (onnx | onnx-int8 | sentence-transformers)."
+        ) from exc
     except ArtifactsError:
         # Only a directory with nothing in it is built anew: anything else (a memory
         # without its manifest, a damaged file) may hold live outcomes and is an error.

@@ -74,9 +74,10 @@ def test_ask_replays_a_recorded_query(
 
 
 def test_ask_unknown_record_id_is_a_clear_error(
-    capsys: pytest.CaptureFixture[str], data_dir_env: Path
+    capsys: pytest.CaptureFixture[str], data_dir_env: Path, tmp_path: Path
 ) -> None:
-    assert main(["ask", "--dataset", "routerbench", "--record-id", "routerbench/nope"]) == 2
+    argv = ["ask", "--dataset", "routerbench", "--router-dir", str(tmp_path / "router")]
+    assert main([*argv, "--record-id", "routerbench/nope"]) == 2
     assert "record 'routerbench/nope' is not in the recordings routerbench" in (
         capsys.readouterr().err
     )

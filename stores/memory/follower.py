@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .store import OutcomeStore
 
 logger = logging.getLogger(__name__)
+WAIT_SLICE_S = 0.25  # how long `stop` may wait for the thread
 
 
 @dataclass
@@ -40,6 +41,7 @@ class FollowerStats:
     errors: int = 0
     last_error: str | None = None
     last_refresh: float | None = None  # time.time() of the last successful refresh
+    leader: bool = False  # elected to compact (only asked with compact_every_s)
 
 
 class Follower:
@@ -71,12 +73,8 @@ class Follower:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    @property
-    def is_leader(self) -> bool:
-        return self._store.try_lead() if self.compact_every_s is not None else False
-
     def stop(self, timeout_s: float | None = None) -> None:
-        """Stop after the current turn (at most ``interval_s`` from now)."""
+        """Stop after the current wait slice or turn."""
         self._stopped.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(self.interval_s + 5.0 if timeout_s is None else timeout_s)
@@ -84,7 +82,7 @@ class Follower:
     def _run(self) -> None:
         failing = False
         while not self._stopped.is_set():
-            self._store.wait_for_change(self.interval_s)
+            self._wait()
             memory = self._memory()
             if memory is None or self._stopped.is_set():
                 return
@@ -104,6 +102,14 @@ class Follower:
             finally:
                 del memory
 
+    def _wait(self) -> None:
+        """Until news of an append or ``interval_s``, in slices so that `stop` is prompt."""
+        deadline = time.monotonic() + self.interval_s
+        while not self._stopped.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._store.wait_for_change(min(left, WAIT_SLICE_S)):
+                return
+
     def _turn(self, memory: OutcomeMemory) -> None:
         self.stats.turns += 1
         self.stats.flushed += self._store.flush_pending()
@@ -113,8 +119,9 @@ class Follower:
             return
         now = time.monotonic()
         position = memory._position()
+        self.stats.leader = self._store.try_lead()  # only this thread uses its session
         due = now - self._compacted_at >= self.compact_every_s
-        if due and position > self._compacted_position and self._store.try_lead():
+        if due and position > self._compacted_position and self.stats.leader:
             memory.compact()
             self.stats.compactions += 1
             self._compacted_at, self._compacted_position = now, memory._position()

@@ -59,6 +59,8 @@ from .store import StoreHealth
 if TYPE_CHECKING:
     import psycopg
 
+    from .outcome_memory import OutcomeMemory
+
 logger = logging.getLogger(__name__)
 
 QUEUED = -1  # an appended entry kept in memory while the database is unreachable
@@ -135,7 +137,7 @@ class PostgresStore:
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(
                 f"cannot reach PostgreSQL at {redact(self.url)}: "
-                f"{scrub(str(exc).strip(), self.url)}. Fix: start the server or point "
+                f"{scrub(str(exc).strip().rstrip('.'), self.url)}. Fix: start the server or point "
                 "EMAFUSION_STORE_URL (--store-url) at a reachable one"
             ) from None
 
@@ -571,3 +573,40 @@ class PostgresStore:
             return False
         self._leader = bool(row and row[0])
         return self._leader
+
+
+def memory_names(url: str) -> list[str]:
+    """The memories a database holds, by name."""
+    store = PostgresStore(url, "-", create_schema=False)
+    try:
+        with store._session() as conn:
+            rows = conn.execute("SELECT name FROM emafusion_memories ORDER BY name").fetchall()
+        return [str(name) for (name,) in rows]
+    finally:
+        store.close()
+
+
+def open_postgres_memory(
+    url: str,
+    name: str,
+    *,
+    seed: OutcomeMemory | None = None,
+    expected_embedder_id: str | None = None,
+) -> OutcomeMemory:
+    """The memory `name` in the database at `url`; where it holds none yet, `seed` is saved
+    there first (by the first of many replicas starting at once; the others load it)."""
+    from .outcome_memory import OutcomeMemory
+
+    store = PostgresStore(url, name)
+    if store.current() is None:
+        if seed is None:
+            raise OutcomeMemoryError(
+                f"{store.location} holds no memory {name!r} yet; save one there first "
+                "(a deployment seeds it from its router directory on first start)"
+            )
+        with store.exclusive():
+            if store.current() is None:
+                seed.save(store)
+                logger.warning("seeded memory %r in %s from %s", name, store.location, seed)
+                return seed
+    return OutcomeMemory.load(store, expected_embedder_id)

@@ -3,14 +3,10 @@
 Selected by a deployment setting (``EMAFUSION_STORE_URL=postgresql://...``); psycopg is
 imported only when a store is opened, so nothing needs PostgreSQL while it is unset.
 
-Log. Appends go to ``emafusion_outcomes`` (see ``postgres_schema``), one transaction per
-batch, with a NOTIFY on the memory's channel that PostgreSQL delivers at commit. An entry's
-position is the sequence number of its first row. Positions come from one sequence, and the
-appends of one memory are serialized by a transaction-level advisory lock taken before the
-numbers are drawn: a transaction commits (becomes visible) before the next one draws, so
-every reader sees a *prefix* of the log and can tail it from the position it read to without
-missing a row that commits later with a smaller number (what bare bigserial inserts from
-many writers would allow). The price is one commit at a time per memory: batch appends.
+Log. Appends go to ``emafusion_outcomes`` (see ``postgres_log``), one transaction per batch
+with a NOTIFY on the memory's channel that PostgreSQL delivers at commit. An entry's position
+is the sequence number of its first row; the appends of one memory commit one at a time, so
+every reader sees a prefix of the log and tails it from the position it read to.
 
 Generations are rows of ``emafusion_snapshots`` (stamped with ``log_end``: they hold every
 outcome before it) with their files in ``emafusion_snapshot_parts``. Readers read a
@@ -29,23 +25,17 @@ dropped, returned as `DROPPED` and counted in `health` — never silently. Reads
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import secrets
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from .generations import ARRAYS_FILE, INDEX_FILE, GenerationRef, StoredGeneration, sha256
+from .generations import GenerationRef, StoredGeneration
 from .log import LogRead
+from .postgres_log import append_entries, channel, lock_appends, lock_key, read_log
 from .postgres_schema import (
-    LOCK_APPEND,
     LOCK_GENERATION,
     LOCK_LEADER,
     StoreUnavailableError,
@@ -53,7 +43,8 @@ from .postgres_schema import (
     redact,
     scrub,
 )
-from .records import LogEntry, OutcomeMemoryError, OutcomeRecord
+from .postgres_snapshots import current_snapshot, read_snapshot, write_snapshot
+from .records import LogEntry, OutcomeMemoryError
 from .store import StoreHealth
 
 if TYPE_CHECKING:
@@ -65,27 +56,10 @@ logger = logging.getLogger(__name__)
 
 QUEUED = -1  # an appended entry kept in memory while the database is unreachable
 DROPPED = -2  # an appended entry dropped: the outage buffer was full
-PART_BYTES = 32 << 20  # generation files are stored in parts of this size
-READ_PAGE_ROWS = 20_000  # log rows fetched per query when reading
-_COLUMNS = (
-    "memory, seq, entry, query_id, embedding, category, category_is_label, model, score, "
-    "source, cost_usd, latency_s, outcome_time"
-)
-_before_commit: Callable[[], None] | None = None  # tests stall a batch here to kill its writer
 
 
 def is_store_url(value: str | Path | None) -> bool:
     return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
-
-
-def _channel(memory: str) -> str:
-    return "emafusion_" + hashlib.sha256(memory.encode()).hexdigest()[:24]
-
-
-def _key(memory: str) -> int:
-    """The second advisory-lock key of a memory: a stable signed 32-bit hash of its name."""
-    value = zlib.crc32(memory.encode())
-    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 class PostgresStore:
@@ -201,13 +175,13 @@ class PostgresStore:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._session() as conn:
-            conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_GENERATION, _key(self.name)))
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_GENERATION, lock_key(self.name)))
             try:
                 yield
             finally:
                 if not conn.broken:  # a lost session has released it already
                     conn.execute(
-                        "SELECT pg_advisory_unlock(%s, %s)", (LOCK_GENERATION, _key(self.name))
+                        "SELECT pg_advisory_unlock(%s, %s)", (LOCK_GENERATION, lock_key(self.name))
                     )
 
     @contextlib.contextmanager
@@ -218,50 +192,14 @@ class PostgresStore:
 
     def current(self) -> GenerationRef | None:
         with self._session() as conn:
-            row = conn.execute(
-                "SELECT name, embedder_id, log_end, lineage, meta_sha256 FROM emafusion_snapshots"
-                " WHERE memory = %s ORDER BY name DESC LIMIT 1",
-                (self.name,),
-            ).fetchone()
-        return None if row is None else GenerationRef(*row)
+            return current_snapshot(conn, self.name)
 
     def where(self, name: str) -> Path:
         return Path(self.location) / name
 
     def read_generation(self, ref: GenerationRef) -> StoredGeneration:
-        where = self.where(ref.name)
         with self._session() as conn:
-            row = conn.execute(
-                "SELECT meta FROM emafusion_snapshots WHERE memory = %s AND name = %s",
-                (self.name, ref.name),
-                binary=True,
-            ).fetchone()
-            parts = conn.execute(
-                "SELECT file, data FROM emafusion_snapshot_parts WHERE memory = %s AND "
-                "snapshot = %s ORDER BY file, part",
-                (self.name, ref.name),
-                binary=True,
-            ).fetchall()
-        if row is None:
-            raise OutcomeMemoryError(f"{where} is gone; it was replaced while being read")
-        meta_bytes = bytes(row[0])
-        if sha256(meta_bytes) != ref.meta_sha256:
-            raise OutcomeMemoryError(f"{where}: meta fails its sha256 check; it is damaged")
-        chunks: dict[str, list[bytes]] = {}
-        for file, data in parts:
-            chunks.setdefault(file, []).append(bytes(data))
-        blobs = {file: b"".join(pieces) for file, pieces in chunks.items()}
-        meta = json.loads(meta_bytes)
-        for file, info in meta.get("files", {}).items():
-            blob = blobs.get(file, b"")
-            if len(blob) != info["bytes"] or sha256(blob) != info["sha256"]:
-                raise OutcomeMemoryError(
-                    f"{where}/{file} is truncated or fails its sha256 check; the snapshot is "
-                    "damaged: compact again from a replica that holds the memory, or rebuild it"
-                )
-        if set(blobs) != {INDEX_FILE, ARRAYS_FILE}:
-            raise OutcomeMemoryError(f"{where} holds files {sorted(blobs)}; it is damaged")
-        return StoredGeneration(ref, meta, blobs, where)
+            return read_snapshot(conn, self.name, ref, self.where(ref.name))
 
     def write_generation(
         self,
@@ -272,42 +210,12 @@ class PostgresStore:
         lineage: str,
         embedder_id: str,
     ) -> str:
-        meta = dict(meta, log_end=log_end, lineage=lineage, files={})
-        for file, data in files.items():
-            meta["files"][file] = {"bytes": len(data), "sha256": sha256(data)}
-        meta_bytes = json.dumps(meta, sort_keys=True).encode()
-        dim = int(meta["dim"])
-        with self._session() as conn, conn.transaction():
-            conn.execute(
-                "INSERT INTO emafusion_memories (name, embedder_id, dim) VALUES (%s, %s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET embedder_id = excluded.embedder_id, "
-                "dim = excluded.dim",
-                (self.name, embedder_id, dim),
+        with self._session() as conn:
+            name = write_snapshot(
+                conn, self.name, files, meta,
+                log_end=log_end, lineage=lineage, embedder_id=embedder_id,
             )
-            names = conn.execute(
-                "SELECT name FROM emafusion_snapshots WHERE memory = %s", (self.name,)
-            ).fetchall()
-            number = max((int(n.split("-")[1]) for (n,) in names), default=0) + 1
-            name = f"gen-{number:06d}-{secrets.token_hex(4)}"
-            conn.execute(
-                "INSERT INTO emafusion_snapshots (memory, name, lineage, embedder_id, log_end, "
-                "meta, meta_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (self.name, name, lineage, embedder_id, log_end, meta_bytes, sha256(meta_bytes)),
-            )
-            with conn.cursor() as cur:
-                for file, data in files.items():
-                    view = memoryview(data)
-                    for part, at in enumerate(range(0, max(len(view), 1), PART_BYTES)):
-                        cur.execute(
-                            "INSERT INTO emafusion_snapshot_parts (memory, snapshot, file, part,"
-                            " data) VALUES (%s, %s, %s, %s, %s)",
-                            (self.name, name, file, part, bytes(view[at : at + PART_BYTES])),
-                        )
-            conn.execute(
-                "DELETE FROM emafusion_snapshots WHERE memory = %s AND name <> %s",
-                (self.name, name),
-            )
-        self._checked = (embedder_id, dim)
+        self._checked = (embedder_id, int(meta["dim"]))
         return name
 
     # ---------------------------------------------------------------- the log
@@ -372,42 +280,7 @@ class PostgresStore:
         return len(batch)
 
     def _append_now(self, entries: Sequence[LogEntry]) -> list[int]:
-        """One transaction: lock this memory's log, draw the numbers, COPY the rows, NOTIFY."""
-        rows_per_entry = [max(1, len(e.outcomes)) for e in entries]
-        conn = self._connection()
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_APPEND, _key(self.name)))
-            self._check_binding(conn)
-            seqs = [
-                int(s)
-                for (s,) in conn.execute(
-                    "SELECT nextval('emafusion_outcome_seq') FROM generate_series(1, %s)",
-                    (sum(rows_per_entry),),
-                ).fetchall()
-            ]
-            seqs.sort()
-            positions, at = [], 0
-            with conn.cursor().copy(f"COPY emafusion_outcomes ({_COLUMNS}) FROM STDIN") as copy:
-                for entry, n in zip(entries, rows_per_entry, strict=True):
-                    positions.append(seqs[at])
-                    for row in self._rows(entry, seqs[at : at + n]):
-                        copy.write_row(row)
-                    at += n
-            conn.execute("SELECT pg_notify(%s, %s)", (_channel(self.name), str(seqs[-1])))
-            if _before_commit is not None:
-                _before_commit()
-        return positions
-
-    def _rows(self, entry: LogEntry, seqs: list[int]) -> Iterator[tuple[Any, ...]]:
-        vector = np.ascontiguousarray(entry.vector, dtype="<f4").tobytes()
-        outcomes: Sequence[OutcomeRecord | None] = entry.outcomes or (None,)
-        for i, (seq, o) in enumerate(zip(seqs, outcomes, strict=True)):
-            head: tuple[Any, ...] = (self.name, seq, seqs[0], entry.query_id)
-            head += (vector if i == 0 else None, entry.category, entry.category_is_label)
-            if o is None:
-                yield (*head, None, None, None, None, None, None)
-            else:
-                yield (*head, o.model, o.score, o.source, o.cost_usd, o.latency_s, o.timestamp)
+        return append_entries(self._connection(), self.name, entries, self._check_binding)
 
     def _check_binding(self, conn: psycopg.Connection[Any]) -> None:
         if self._embedder is None:
@@ -435,63 +308,15 @@ class PostgresStore:
             return self._read(conn, position)
 
     def _read(self, conn: psycopg.Connection[Any], position: int) -> LogRead:
-        """Entries from `position`, in pages by sequence number (keyset pagination: a page
-        that ends inside an entry carries its rows over to the next)."""
         if self._embedder is None:
             raise RuntimeError("PostgresStore.bind(embedder_id, dim) must come first")
-        dim = self._embedder[1]
-        cur = conn.cursor(binary=True)
-        read = LogRead(end=position)
-        group: list[tuple[Any, ...]] = []
-        after = position
-        while True:
-            cur.execute(
-                f"SELECT {_COLUMNS} FROM emafusion_outcomes WHERE memory = %s AND seq >= %s "
-                "ORDER BY seq LIMIT %s",
-                (self.name, after, READ_PAGE_ROWS),
-            )
-            rows = cur.fetchall()
-            for row in rows:
-                if group and row[2] != group[0][2]:
-                    self._decode(group, dim, read)
-                    group = []
-                group.append(row)
-            if len(rows) < READ_PAGE_ROWS:
-                break
-            after = int(rows[-1][1]) + 1
-        if group:
-            self._decode(group, dim, read)
-            read.end = max(read.end, int(group[-1][1]) + 1)
-        return read
-
-    def _decode(self, rows: list[tuple[Any, ...]], dim: int, read: LogRead) -> None:
-        """One entry from its rows, or a dropped record (counted) if it does not decode."""
-        first = rows[0]
-        try:
-            vector = np.frombuffer(bytes(first[4] or b""), dtype="<f4").astype(np.float32)
-            if len(vector) != dim or int(first[1]) != int(first[2]):
-                raise ValueError(f"embedding of {len(vector)} floats, expected {dim}")
-            outcomes = tuple(
-                OutcomeRecord(
-                    model=r[7], score=r[8], source=r[9], cost_usd=r[10], latency_s=r[11],
-                    timestamp=r[12],
-                )
-                for r in rows
-                if r[7] is not None
-            )
-            entry = LogEntry(str(first[3]), vector, outcomes, first[5], bool(first[6]))
-        except (ValueError, TypeError) as exc:
-            read.dropped += 1
-            read.dropped_bytes += sum(len(bytes(r[4] or b"")) for r in rows)
-            read.damaged.append(f"{self.location} seq {first[1]}: {exc}")
-            return
-        read.entries.append((int(first[2]), entry))
+        return read_log(conn, self.name, position, self._embedder[1], self.location)
 
     def seal(self, position: int) -> LogRead:
         with self._session() as conn, conn.transaction():
             # With the append lock held no append is in flight: what is read is the whole
             # log, and every later append draws a number past its end.
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_APPEND, _key(self.name)))
+            lock_appends(conn, self.name)
             return self._read(conn, position)
 
     def discard_before(self, position: int) -> None:
@@ -503,7 +328,7 @@ class PostgresStore:
 
     def restart_log(self, embedder_id: str, dim: int) -> None:
         with self._session() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_APPEND, _key(self.name)))
+            lock_appends(conn, self.name)
             conn.execute("DELETE FROM emafusion_outcomes WHERE memory = %s", (self.name,))
         self._checked = None
         self.bind(embedder_id, dim)
@@ -537,7 +362,7 @@ class PostgresStore:
                 conn.close()
             self._leader = False  # a new session holds no lock
             conn = self._connect()
-            conn.execute(f'LISTEN "{_channel(self.name)}"')
+            conn.execute(f'LISTEN "{channel(self.name)}"')
             self._listen = conn
         return conn
 
@@ -567,7 +392,7 @@ class PostgresStore:
 
         try:
             row = self._listener().execute(
-                "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_LEADER, _key(self.name))
+                "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_LEADER, lock_key(self.name))
             ).fetchone()
         except (psycopg.OperationalError, psycopg.InterfaceError, StoreUnavailableError):
             return False

@@ -7,6 +7,7 @@ developer with `make pg-up`): its URL comes from ``EMAFUSION_TEST_PG_URL`` or th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -111,20 +112,16 @@ class Proxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         self._up.clear()
         with self._lock:
             sockets, self._sockets = self._sockets, set()
         for s in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def restore(self) -> None:

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emafusion.stores.memory import OutcomeMemory, OutcomeRecord
-from emafusion.stores.memory import postgres as pg_module
+from emafusion.stores.memory import OutcomeMemory, OutcomeRecord, postgres_log
 from emafusion.stores.memory.postgres import PostgresStore
 
 DIM = 16
@@ -107,7 +106,7 @@ def append(url: str, name: str, worker: int, batches: int, size: int, hang: bool
             print("HUNG", flush=True)
             time.sleep(600)
 
-        pg_module._before_commit = stall
+        postgres_log._before_commit = stall
         batch(batches)
 
 

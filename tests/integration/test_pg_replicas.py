@@ -22,7 +22,6 @@ from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord
 from emafusion.stores.memory.postgres import PostgresStore
 from emafusion.stores.recordings import RecordSet, write_jsonl
 from tests import synthetic
-from tests.integration.pg import pg_url  # noqa: F401 - fixture
 
 WORKER = Path(__file__).with_name("pg_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +65,7 @@ class Process:
             if not chunk:
                 self.proc.kill()
                 _, err = self.proc.communicate()
-                raise AssertionError(f"worker ended before {prefix!r}: {self.lines}\n{err.decode()}")
+                raise AssertionError(f"ended before {prefix!r}: {self.lines}\n{err.decode()}")
             self._pending += chunk
 
     def kill(self) -> None:

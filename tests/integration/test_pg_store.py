@@ -22,7 +22,7 @@ from emafusion.stores.memory.postgres import DROPPED, QUEUED, PostgresStore, mem
 from emafusion.stores.memory.postgres_schema import SchemaVersionError, StoreUnavailableError
 from emafusion.stores.recordings import RecordSet, write_jsonl
 from tests import synthetic
-from tests.integration.pg import Proxy, pg_url, proxy, with_port  # noqa: F401 - fixtures
+from tests.integration.pg import Proxy
 from tests.unit.memory_helpers import populated, random_units, rec
 
 
@@ -62,7 +62,8 @@ def test_a_memory_in_postgres_predicts_exactly_as_the_same_memory_in_files(
         assert generation.name.startswith("gen-000002-")
         again = OutcomeMemory.load(PostgresStore(pg_url, kind))
         assert again.log_report.replayed == 0  # the log is folded into the snapshot
-        assert np.array_equal(again.predict_arrays(queries, k=10, now=2e9).p_success, want.p_success)
+        again_p = again.predict_arrays(queries, k=10, now=2e9).p_success
+        assert np.array_equal(again_p, want.p_success)
     assert memory_names(pg_url) == ["flat", "hnsw"]
 
 

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: install eval results test test-unit lint bench clean
+.PHONY: install eval results test test-unit lint bench clean pg-up pg-down
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,14 @@ test: install
 # Unit tests only: seconds, no recordings, no MiniLM.
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit -m "not slow"
+
+# A throwaway PostgreSQL for the shared-store tests and bench/store.py (see .ci/pg.sh);
+# `make test` finds it through .pg/url. `eval "$$(make -s pg-up)"` also exports its URL.
+pg-up:
+	@bash .ci/pg.sh start
+
+pg-down:
+	@bash .ci/pg.sh stop
 
 lint: install
 	$(BIN)/ruff check .

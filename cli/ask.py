@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from langgraph.graph.state import CompiledStateGraph
 
-from emafusion.cli.sources import deployment_from_args
+from emafusion.cli.sources import add_store_url_arg, deployment_from_args
 from emafusion.graph.context import Context
 from emafusion.graph.render import to_dot, to_mermaid, to_png
 from emafusion.graph.router import make_graph
@@ -161,6 +161,7 @@ def add_ask_commands(commands: argparse._SubParsersAction) -> None:
     ask.add_argument("--record-id", help="replay a recorded query end to end")
     ask.add_argument("--pool", type=Path, metavar="FILE")
     ask.add_argument("--router-dir", type=Path, help="built router artifacts")
+    add_store_url_arg(ask)
     ask.add_argument("--stream", action="store_true", help="show decisions and tokens live")
     defaults = Context.model_fields
     ask.add_argument("--threshold", type=float, default=defaults["escalation_threshold"].default)

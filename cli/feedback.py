@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emafusion.cli.sources import add_source_args, deployment_from_args
+from emafusion.cli.sources import add_source_args, add_store_url_arg, deployment_from_args
 from emafusion.nodes.feedback import submit_feedback
 from emafusion.nodes.resources import load_router
 
@@ -29,6 +29,7 @@ def add_feedback_commands(commands: argparse._SubParsersAction) -> None:
     )
     add_source_args(parser, skip_invalid=False)
     parser.add_argument("--router-dir", type=Path, required=True, metavar="DIR")
+    add_store_url_arg(parser)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--run-id", help="the run id `ask` (or the server) printed")
     target.add_argument("--query-id", help="a query id the memory holds (then --model)")

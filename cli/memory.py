@@ -1,4 +1,9 @@
-"""`emafusion memory build|report`: the learned router's memory from recordings."""
+"""`emafusion memory build|report|compact|migrate`: the learned router's memory.
+
+build and report work from recordings; compact folds a memory's outcome log into a new
+generation (a router directory's, or a shared one in PostgreSQL); migrate brings a
+PostgreSQL database to this release's schema.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from emafusion.cli.sources import add_source_args, load_records, pool_for, taxonomy_for
+from emafusion.cli.sources import (
+    add_source_args,
+    add_store_url_arg,
+    load_records,
+    pool_for,
+    taxonomy_for,
+)
 from emafusion.stores.artifacts import RouterArtifacts, build_router_artifacts, embed_records
 from emafusion.stores.embeddings import default_embedder
-from emafusion.stores.memory import MemorySettings
+from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeMemoryError
 from emafusion.stores.metrics import auroc
 from emafusion.stores.recordings import SPLITS
 
@@ -87,6 +98,57 @@ def cmd_memory_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory_compact(args: argparse.Namespace) -> int:
+    """Fold the outcome log into a new generation (any process may, at any time)."""
+    if args.router_dir:
+        memory = OutcomeMemory.load(Path(args.router_dir) / "memory")
+    elif args.store_url:
+        from emafusion.stores.memory.postgres import PostgresStore, memory_names
+
+        names = memory_names(args.store_url)
+        name = args.memory or (names[0] if len(names) == 1 else None)
+        if name is None or name not in names:
+            raise OutcomeMemoryError(
+                f"name the memory to compact with --memory; the database holds "
+                f"{', '.join(names) or 'none'}"
+            )
+        memory = OutcomeMemory.load(PostgresStore(args.store_url, name))
+    else:
+        raise OutcomeMemoryError("compact needs --router-dir DIR or --store-url URL")
+    replayed = memory.log_report.replayed
+    generation = memory.compact()
+    print(
+        f"compacted {memory.location}: {len(memory):,} queries, {replayed:,} log entries "
+        f"folded into {generation.name}"
+    )
+    return 0
+
+
+def cmd_memory_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the emafusion tables of a PostgreSQL database."""
+    import psycopg
+
+    from emafusion.stores.memory.postgres_schema import (
+        StoreUnavailableError,
+        migrate,
+        redact,
+        scrub,
+    )
+
+    try:
+        conn = psycopg.connect(args.store_url, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailableError(
+            f"cannot reach PostgreSQL at {redact(args.store_url)}: "
+            f"{scrub(str(exc).strip(), args.store_url)}"
+        ) from None
+    with conn:
+        before, after = migrate(conn)
+    was = "no emafusion schema" if before is None else f"schema version {before}"
+    print(f"{redact(args.store_url)}: {was} -> schema version {after}")
+    return 0
+
+
 def add_memory_commands(commands: argparse._SubParsersAction) -> None:
     memory = commands.add_parser("memory", help="the learned router's outcome memory")
     actions = memory.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
@@ -107,3 +169,14 @@ def add_memory_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--taxonomy", type=Path)
     report.add_argument("-k", type=int, default=20)
     report.set_defaults(handler=cmd_memory_report)
+
+    compact = actions.add_parser("compact", help="fold the outcome log into a new generation")
+    compact.add_argument("--router-dir", type=Path, metavar="DIR", help="a router directory")
+    add_store_url_arg(compact)
+    compact.add_argument("--memory", help="the memory's name in the database (a deployment's "
+                         "dataset or recordings name; default: the only one there)")
+    compact.set_defaults(handler=cmd_memory_compact)
+
+    migrate = actions.add_parser("migrate", help="create/upgrade the PostgreSQL schema")
+    add_store_url_arg(migrate, required=True)
+    migrate.set_defaults(handler=cmd_memory_migrate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from emafusion.nodes.resources import DeploymentSettings
@@ -74,4 +75,18 @@ def deployment_from_args(
         judge_pool=getattr(args, "judge_pool", None),
         data_dir=getattr(args, "data_dir", None),
         persist_outcomes=persist_outcomes,
+        store_url=getattr(args, "store_url", None),
+    )
+
+
+def add_store_url_arg(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """--store-url: the PostgreSQL database a shared memory lives in (default:
+    $EMAFUSION_STORE_URL; unset, the memory lives in the router directory)."""
+    default = os.environ.get("EMAFUSION_STORE_URL", "").strip() or None
+    parser.add_argument(
+        "--store-url",
+        default=default,
+        required=required and default is None,
+        metavar="postgresql://...",
+        help="shared memory database (default: $EMAFUSION_STORE_URL; unset: router directory)",
     )

@@ -82,9 +82,10 @@ def submit_feedback(
             f"model {model!r} is not in the pool ({', '.join(resources.pool.names)})"
         )
     outcome = OutcomeRecord(model=model, score=float(score), source="user_feedback")
-    durable = resources.persist_outcomes and memory.directory is not None
+    durable = resources.persist_outcomes and memory.location is not None
     if durable:
-        memory.append(target, vector, [outcome], category)
+        # A negative position: queued while the shared store is unreachable, not yet durable.
+        durable = memory.append(target, vector, [outcome], category) >= 0
     else:
         memory.add(target, vector, [outcome], category)
     return FeedbackReceipt(target, model, float(score), durable)

@@ -68,11 +68,11 @@ async def record(
 
     def write() -> None:
         memory = resources.memory
-        if resources.persist_outcomes and memory.directory is None and resources.router_dir:
+        if resources.persist_outcomes and memory.location is None and resources.router_dir:
             with resources.memory_lock:  # a memory built in this process: give it a home
-                if memory.directory is None:
+                if memory.location is None:
                     memory.save(resources.router_dir / "memory")
-        if resources.persist_outcomes and memory.directory is not None:
+        if resources.persist_outcomes and memory.location is not None:
             # One fsynced append to the outcome log that every process shares: O(1), and
             # nothing another process recorded is overwritten.
             memory.append(query_id, vector, outcomes, category)

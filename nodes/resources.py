@@ -35,6 +35,7 @@ from emafusion.stores.combiner import CombinerBook, load_combiners
 from emafusion.stores.embeddings import Embedder, default_embedder
 from emafusion.stores.fusion import FusionModel, load_fusion
 from emafusion.stores.memory import ModelStats, OutcomeMemory, OutcomeMemoryError
+from emafusion.stores.memory.postgres import open_postgres_memory
 from emafusion.stores.pool import ModelSpec, Pool, PoolError, load_default_pool, load_pool
 from emafusion.stores.presets import PresetBook, PresetError, load_presets
 from emafusion.stores.providers import ReplayStore, build_chat_model
@@ -51,6 +52,7 @@ from emafusion.stores.verifier import LearnedVerifier, load_verifier
 
 logger = logging.getLogger(__name__)
 RELIABILITY_TTL_S = 5.0
+FOLLOW_INTERVAL_S = 1.0  # a shared memory polls its store at least this often
 
 
 @dataclass
@@ -172,6 +174,10 @@ class DeploymentSettings:
     data_dir: Path | None = None
     persist_outcomes: bool = False  # write live outcomes to router_dir
     build_if_missing: bool = True  # build a router from train into an empty router_dir
+    # postgresql://... : the memory lives there, shared by every replica (see README, Scale);
+    # None: in router_dir. With it, outcomes always persist (to the database).
+    store_url: str | None = None
+    compact_every_s: float | None = None  # the elected replica compacts the shared log
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DeploymentSettings:
@@ -190,6 +196,10 @@ class DeploymentSettings:
             data_dir=_env_path(env, "EMAFUSION_DATA_DIR"),
             persist_outcomes=env.get("EMAFUSION_PERSIST_OUTCOMES", "").lower()
             in ("1", "true", "yes", "on"),
+            store_url=env.get("EMAFUSION_STORE_URL", "").strip() or None,
+            compact_every_s=float(env["EMAFUSION_COMPACT_EVERY_S"])
+            if env.get("EMAFUSION_COMPACT_EVERY_S", "").strip()
+            else None,
         )
 
     @property
@@ -268,6 +278,14 @@ def load_router(settings: DeploymentSettings) -> RouterResources:
     router_dir = settings.router_dir or default_router_dir(settings.name)
     taxonomy = _taxonomy(settings)
     artifacts = _artifacts(router_dir, embedder, records, taxonomy, pool, settings)
+    if settings.store_url:  # the shared memory, seeded from router_dir's on first use
+        artifacts.memory = open_postgres_memory(
+            settings.store_url,
+            settings.name,
+            seed=artifacts.memory,
+            expected_embedder_id=embedder.id,
+        )
+        artifacts.memory.follow(FOLLOW_INTERVAL_S, compact_every_s=settings.compact_every_s)
     if taxonomy is None:
         taxonomy = Taxonomy.from_names(artifacts.classifier.categories)
     resources = RouterResources.create(pool, artifacts, embedder, taxonomy, records, router_dir)
@@ -276,7 +294,7 @@ def load_router(settings: DeploymentSettings) -> RouterResources:
     resources.combiners = load_combiners(router_dir)
     resources.fusion = load_fusion(router_dir)
     resources.presets = checked_presets(load_presets(router_dir))
-    resources.persist_outcomes = settings.persist_outcomes
+    resources.persist_outcomes = settings.persist_outcomes or settings.store_url is not None
     resources.runs = RunLedger(router_dir if settings.persist_outcomes else None)
     if settings.judge_pool is not None:
         judge_pool = load_pool(settings.judge_pool)

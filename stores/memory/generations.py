@@ -211,7 +211,7 @@ def damaged(generation: Path, exc: BaseException) -> OutcomeMemoryError:
     )
 
 
-def check_embedder(found: str | None, expected: str | None, directory: Path) -> None:
+def check_embedder(found: str | None, expected: str | None, directory: str | Path) -> None:
     if expected is not None and found != expected:
         raise OutcomeMemoryError(
             f"the memory in {directory} was built with embedder {found!r}, not {expected!r}; "

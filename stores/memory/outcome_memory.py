@@ -11,6 +11,7 @@ import numpy as np
 
 from . import persistence, predictor
 from .estimator import Estimator
+from .follower import Follower
 from .persistence import Attachment, LogReport
 from .records import (
     IndexKind,
@@ -24,6 +25,7 @@ from .records import (
     prepare_outcomes,
 )
 from .results import BatchPrediction, ModelStats, Prediction
+from .store import LocalFileStore, OutcomeStore
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -52,6 +54,7 @@ class OutcomeMemory:
         self._io = threading.RLock()
         self._attached: Attachment | None = None
         self._report = LogReport()
+        self._follower: Follower | None = None
 
     @classmethod
     def for_embedder(
@@ -108,8 +111,24 @@ class OutcomeMemory:
 
     @property
     def directory(self) -> Path | None:
+        """The local directory this memory was loaded from or last saved to (None: nowhere
+        yet, or a store that is not a directory)."""
+        store = self.store
+        return store.directory if isinstance(store, LocalFileStore) else None
+
+    @property
+    def store(self) -> OutcomeStore | None:
         """Where this memory was loaded from or last saved to (None: nowhere yet)."""
-        return None if self._attached is None else self._attached.store.directory
+        return None if self._attached is None else self._attached.store
+
+    @property
+    def location(self) -> str | None:
+        """`store`'s name for messages (a directory, or a URL without its password)."""
+        store = self.store
+        return None if store is None else store.location
+
+    def _position(self) -> int:
+        return 0 if self._attached is None else self._attached.position
 
     @property
     def log_report(self) -> LogReport:
@@ -221,8 +240,10 @@ class OutcomeMemory:
                     "this memory is not saved anywhere yet, so there is no log to append to; "
                     "call save(directory) once (or load a saved memory), then append"
                 )
+            # A store that lost its database queues the batch (positions < 0, counted in
+            # its health) and writes it on reconnect; this memory learns it either way.
             positions = attached.store.append(entries)
-            attached.own.update(positions)
+            attached.own.update(p for p in positions if p >= 0)
             self._learn(entries, dirty=False)
             return positions
 
@@ -351,12 +372,14 @@ class OutcomeMemory:
     @classmethod
     def load(
         cls,
-        directory: str | Path,
+        directory: str | Path | OutcomeStore,
         expected_embedder_id: str | None = None,
         *,
         settings: MemorySettings | None = None,
     ) -> OutcomeMemory:
         """Load the current generation of a saved memory and replay the log after it.
+
+        ``directory`` is a local directory or an `OutcomeStore` (e.g. a `PostgresStore`).
 
         Raises `OutcomeMemoryError` when nothing was saved there, a file is missing,
         truncated or corrupt, the format is newer than this code, or the memory was built by
@@ -389,7 +412,7 @@ class OutcomeMemory:
         """
         return persistence.compact(self)
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path | OutcomeStore) -> Path:
         """Write this memory as a new generation of `directory`; returns its directory.
 
         Never discards what others recorded there: log entries this memory has not seen
@@ -400,3 +423,22 @@ class OutcomeMemory:
         Afterwards the memory is attached to `directory` (`append` writes to its log).
         """
         return persistence.save(self, directory)
+
+    def follow(self, interval_s: float = 1.0, *, compact_every_s: float | None = None) -> Follower:
+        """Tail the store in a background thread until `stop_following` (see `Follower`).
+
+        What other processes append becomes searchable here within ``interval_s`` plus one
+        refresh (sooner where the store wakes followers, as PostgreSQL's NOTIFY does). With
+        ``compact_every_s`` the one replica elected by the store also compacts the log.
+        Calling it again while a follower runs returns that follower.
+        """
+        attached = persistence.require_attached(self, "follow")
+        with self._io:
+            if self._follower is None or not self._follower.running:
+                self._follower = Follower(self, attached.store, interval_s, compact_every_s)
+            return self._follower
+
+    def stop_following(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.stop()

@@ -21,7 +21,6 @@ acknowledged append.
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +30,10 @@ import numpy as np
 
 from . import snapshot
 from .estimator import Estimator
-from .generations import MANIFEST_FILE, GenerationRef, check_embedder, damaged
-from .log import LOG_DIR, LogRead
+from .generations import GenerationRef, check_embedder, damaged
+from .log import LogRead
 from .records import LogEntry, MemorySettings, OutcomeMemoryError
-from .store import LocalFileStore
+from .store import LocalFileStore, OutcomeStore
 
 if TYPE_CHECKING:
     from .outcome_memory import OutcomeMemory
@@ -71,7 +70,7 @@ class LogReport:
 class Attachment:
     """The store a memory was loaded from or saved to, and how far it has read it."""
 
-    store: LocalFileStore
+    store: OutcomeStore
     generation: str
     lineage: str
     position: int
@@ -81,23 +80,24 @@ class Attachment:
     own: set[int] = field(default_factory=set)  # positions of entries this memory appended
 
 
+def as_store(target: str | Path | OutcomeStore) -> OutcomeStore:
+    """A directory is a `LocalFileStore`; anything else is a store already."""
+    return LocalFileStore(target) if isinstance(target, str | Path) else target
+
+
 def load(
     cls: type[OutcomeMemory],
-    directory: str | Path,
+    target: str | Path | OutcomeStore,
     expected_embedder_id: str | None,
     settings: MemorySettings | None,
 ) -> OutcomeMemory:
-    store = LocalFileStore(directory)
-    if not (store.directory / MANIFEST_FILE).is_file():
-        raise OutcomeMemoryError(
-            f"no saved OutcomeMemory in {store.directory} ({MANIFEST_FILE} is missing); "
-            "build one and call save() first"
-        )
+    store = as_store(target)
+    current(store)  # a clear error before any lock is taken where nothing was saved
     with store.shared():
         ref = current(store)
-        check_embedder(ref.embedder_id, expected_embedder_id, store.directory)
+        check_embedder(ref.embedder_id, expected_embedder_id, store.location)
         est, meta = decode(store, ref, settings)
-        check_embedder(est.embedder_id, expected_embedder_id, store.directory)
+        check_embedder(est.embedder_id, expected_embedder_id, store.location)
         store.bind(est.embedder_id, est.dim)
         read = store.read_since(ref.log_end)
     memory = cls._of(est)
@@ -165,11 +165,11 @@ def compact(memory: OutcomeMemory) -> Path:
                 memory._est = base
             attach(memory, store, name, ref.lineage, read.end, dropped, dirty=dirty)
             memory._report = LogReport(dropped_before=dropped)
-        return store.directory / name
+        return store.where(name)
 
 
-def save(memory: OutcomeMemory, directory: str | Path) -> Path:
-    store = LocalFileStore(directory)
+def save(memory: OutcomeMemory, target: str | Path | OutcomeStore) -> Path:
+    store = as_store(target)
     with memory._io, store.exclusive():
         ref = store.current()
         attached = memory._attached
@@ -199,15 +199,13 @@ def save(memory: OutcomeMemory, directory: str | Path) -> Path:
             files, meta, log_end=read.end, lineage=lineage, embedder_id=memory.embedder_id
         )
         store.discard_before(read.end)
-        for stale in store.directory.glob(f".{LOG_DIR}-replaced-*"):
-            shutil.rmtree(stale, ignore_errors=True)
         attach(memory, store, name, lineage, read.end, dropped)
         memory._report = LogReport(dropped_before=dropped)
-    return store.directory / name
+    return store.where(name)
 
 
 def merge_live(
-    memory: OutcomeMemory, store: LocalFileStore, ref: GenerationRef
+    memory: OutcomeMemory, store: OutcomeStore, ref: GenerationRef
 ) -> tuple[LogRead, int]:
     """Merge the live outcomes and the unreplayed log of the memory in `store` into
     `memory` (which replaces it); the log read, sealed where the new generation starts."""
@@ -215,8 +213,8 @@ def merge_live(
         other, meta = decode(store, ref, None)
     except OutcomeMemoryError as exc:
         raise OutcomeMemoryError(
-            f"cannot replace the memory in {store.directory} without reading its live "
-            f"outcomes first: {exc}. Move {store.directory} aside (its log/ holds the "
+            f"cannot replace the memory in {store.location} without reading its live "
+            f"outcomes first: {exc}. Move {store.location} aside (its log holds the "
             "appended outcomes) and save again"
         ) from exc
     live = other.live_entries()
@@ -226,17 +224,14 @@ def merge_live(
     foreign = (other.embedder_id, other.dim) != (memory.embedder_id, memory.dim)
     if foreign and entries:
         raise OutcomeMemoryError(
-            f"{store.directory} holds {len(entries)} live outcome entries of embedder "
+            f"{store.location} holds {len(entries)} live outcome entries of embedder "
             f"{other.embedder_id!r} ({other.dim}-d); saving this memory of embedder "
             f"{memory.embedder_id!r} ({memory.dim}-d) over it would discard them. Save to "
             "another directory, or move that one aside first if its outcomes may go"
         )
     if foreign:
         # Its (empty) log is of the other embedder: set it aside, start one of ours.
-        log_dir = store.directory / LOG_DIR
-        if log_dir.exists():
-            log_dir.rename(store.directory / f".{LOG_DIR}-replaced-{secrets.token_hex(4)}")
-        store.bind(memory.embedder_id, memory.dim)
+        store.restart_log(memory.embedder_id, memory.dim)
         read = store.seal(read.end)
     memory._learn(entries, dirty=False)
     return read, int(meta.get("log_dropped", 0))
@@ -244,7 +239,7 @@ def merge_live(
 
 def attach(
     memory: OutcomeMemory,
-    store: LocalFileStore,
+    store: OutcomeStore,
     generation: str,
     lineage: str,
     position: int,
@@ -287,18 +282,18 @@ def unseen(memory: OutcomeMemory, read: LogRead) -> list[LogEntry]:
     return out
 
 
-def current(store: LocalFileStore) -> GenerationRef:
+def current(store: OutcomeStore) -> GenerationRef:
     ref = store.current()
     if ref is None:
         raise OutcomeMemoryError(
-            f"no saved OutcomeMemory in {store.directory} ({MANIFEST_FILE} is missing); "
+            f"no saved OutcomeMemory in {store.location} ({store.missing_hint}); "
             "build one and call save() first"
         )
     return ref
 
 
 def decode(
-    store: LocalFileStore, ref: GenerationRef, settings: MemorySettings | None
+    store: OutcomeStore, ref: GenerationRef, settings: MemorySettings | None
 ) -> tuple[Estimator, dict[str, Any]]:
     stored = store.read_generation(ref)
     try:

@@ -125,3 +125,20 @@ def make_resources(
         (replay_records if replay_records is not None else records) if replay else None,
         router_dir=router_dir,
     )
+
+
+def write_deployment_files(directory: Path, records: RecordSet) -> tuple[Path, Path]:
+    """The recordings (JSON Lines) and the pool (TOML) a deployment of this world reads."""
+    from emafusion.stores.recordings import write_jsonl
+
+    recordings = directory / "synthetic.jsonl"
+    write_jsonl(records.records, recordings)
+    pool = directory / "pool.toml"
+    pool.write_text(
+        "".join(
+            f'[[models]]\nname = "{m}"\nprovider = "replay"\n'
+            f"input_per_1m = {p}\noutput_per_1m = {p}\n\n"
+            for m, (p, _) in MODELS.items()
+        )
+    )
+    return recordings, pool

@@ -20,7 +20,7 @@ from emafusion.stores.embeddings import HashEmbedder
 from emafusion.stores.memory import OutcomeMemory, OutcomeRecord
 from emafusion.stores.memory.postgres import DROPPED, QUEUED, PostgresStore, memory_names
 from emafusion.stores.memory.postgres_schema import SchemaVersionError, StoreUnavailableError
-from emafusion.stores.recordings import RecordSet, write_jsonl
+from emafusion.stores.recordings import RecordSet
 from tests import synthetic
 from tests.integration.pg import Proxy
 from tests.unit.memory_helpers import populated, random_units, rec
@@ -192,16 +192,7 @@ def deployment(
     tmp_path: Path, synthetic_records: RecordSet, monkeypatch: pytest.MonkeyPatch, pg_url: str
 ) -> DeploymentSettings:
     monkeypatch.setattr(resources_module, "default_embedder", lambda: HashEmbedder())
-    recordings = tmp_path / "synthetic.jsonl"
-    write_jsonl(synthetic_records.records, recordings)
-    pool = tmp_path / "pool.toml"
-    pool.write_text(
-        "".join(
-            f'[[models]]\nname = "{m}"\nprovider = "replay"\n'
-            f"input_per_1m = {p}\noutput_per_1m = {p}\n\n"
-            for m, (p, _) in synthetic.MODELS.items()
-        )
-    )
+    recordings, pool = synthetic.write_deployment_files(tmp_path, synthetic_records)
     return DeploymentSettings(
         recordings=recordings, pool=pool, router_dir=tmp_path / "router", store_url=pg_url
     )

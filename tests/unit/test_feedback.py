@@ -14,7 +14,7 @@ from emafusion.nodes.feedback import FeedbackError, submit_feedback
 from emafusion.nodes.resources import RouterResources
 from emafusion.stores.embeddings import HashEmbedder
 from emafusion.stores.memory import OutcomeMemory
-from emafusion.stores.recordings import RecordSet, write_jsonl
+from emafusion.stores.recordings import RecordSet
 from emafusion.stores.run_ledger import RunLedger
 from tests import synthetic
 
@@ -65,16 +65,7 @@ def test_the_cli_scores_a_persisted_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(resources_module, "default_embedder", lambda: HashEmbedder())
-    recordings = tmp_path / "synthetic.jsonl"
-    write_jsonl(synthetic_records.records, recordings)
-    pool = tmp_path / "pool.toml"
-    pool.write_text(
-        "".join(
-            f'[[models]]\nname = "{m}"\nprovider = "replay"\n'
-            f"input_per_1m = {p}\noutput_per_1m = {p}\n\n"
-            for m, (p, _) in synthetic.MODELS.items()
-        )
-    )
+    recordings, pool = synthetic.write_deployment_files(tmp_path, synthetic_records)
     router = tmp_path / "router"
     record = synthetic_records.split("test")[2]
     common = ["--recordings", str(recordings), "--pool", str(pool), "--router-dir", str(router)]

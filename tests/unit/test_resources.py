@@ -24,16 +24,7 @@ def deployment(
 ) -> DeploymentSettings:
     # The hash embedder stands in for MiniLM: same interface, no model to load.
     monkeypatch.setattr(resources_module, "default_embedder", lambda: HashEmbedder())
-    recordings = tmp_path / "synthetic.jsonl"
-    write_jsonl(synthetic_records.records, recordings)
-    pool = tmp_path / "pool.toml"
-    pool.write_text(
-        "".join(
-            f'[[models]]\nname = "{m}"\nprovider = "replay"\n'
-            f"input_per_1m = {p}\noutput_per_1m = {p}\n\n"
-            for m, (p, _) in synthetic.MODELS.items()
-        )
-    )
+    recordings, pool = synthetic.write_deployment_files(tmp_path, synthetic_records)
     return DeploymentSettings(recordings=recordings, pool=pool, router_dir=tmp_path / "router")
 
 

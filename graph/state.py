@@ -40,7 +40,8 @@ class Candidate(TypedDict):
     model: str
     # Models of one stage are called at once (in parallel); stages run in order.
     stage: int
-    p_success: float
+    p_success: float  # the prediction (what judges read)
+    exploration_bonus: float  # added for planning only, so little-known models get tried
     expected_cost_usd: float  # what such a call costs on average (plans are built on it)
     cost_bound_usd: float  # what it may cost at most, before it is made (budgets use it)
     source: CandidateSource

@@ -37,11 +37,13 @@ def candidate(
     expected_usd: float,
     source: CandidateSource,
     stage: int = 0,
+    exploration_bonus: float = 0.0,
 ) -> Candidate:
     return Candidate(
         model=spec.name,
         stage=stage,
         p_success=p_success,
+        exploration_bonus=exploration_bonus,
         expected_cost_usd=expected_usd,
         cost_bound_usd=call_cost_bound(spec, query, expected_usd),
         source=source,
@@ -53,6 +55,12 @@ def affordable(options: Iterable[Candidate], budget_usd: float | None) -> list[C
     if budget_usd is None:
         return list(options)
     return [o for o in options if o["cost_bound_usd"] <= budget_usd]
+
+
+def optimistic(c: Candidate) -> float:
+    """What planning orders by: the prediction plus its exploration bonus, so a model with
+    little history gets tried. Only planning reads the bonus; judges read `p_success`."""
+    return c["p_success"] + c["exploration_bonus"]
 
 
 def plan_cascade(
@@ -77,17 +85,17 @@ def plan_cascade(
     """
     pool = sorted(
         affordable(options, budget_usd),
-        key=lambda c: (c["expected_cost_usd"], -c["p_success"], c["model"]),
+        key=lambda c: (c["expected_cost_usd"], -optimistic(c), c["model"]),
     )
     if not pool:
         return []
-    credible = [c for c in pool if c["p_success"] >= min_p_success]
+    credible = [c for c in pool if optimistic(c) >= min_p_success]
     if not credible:
-        credible = [max(pool, key=lambda c: c["p_success"])]
+        credible = [max(pool, key=lambda c: optimistic(c))]
     frontier = upper_concave_hull(
-        credible, lambda c: c["expected_cost_usd"], lambda c: c["p_success"]
+        credible, lambda c: c["expected_cost_usd"], lambda c: optimistic(c)
     )
-    utility = [c["p_success"] - cost_weight * 1000.0 * c["expected_cost_usd"] for c in frontier]
+    utility = [optimistic(c) - cost_weight * 1000.0 * c["expected_cost_usd"] for c in frontier]
     top = max(range(len(frontier)), key=lambda i: (utility[i], -i))
     frontier = frontier[: top + 1]
     levels = max(1, max_levels)
@@ -146,6 +154,6 @@ def replan_after_failure(
     planned = {c["model"] for c in best}
     others = sorted(
         (f for f in rest if f["model"] not in planned),
-        key=lambda c: (c["expected_cost_usd"], -c["p_success"], c["model"]),
+        key=lambda c: (c["expected_cost_usd"], -optimistic(c), c["model"]),
     )
     return [*done, *staged([*best, *others], after)]

@@ -51,10 +51,14 @@ def memory_options(
             candidate(
                 spec,
                 state["query"],
-                # Untried models get their exploration bonus so they are tried, then judged.
-                prediction.ucb if prediction.n_eff < 1.0 else prediction.p_success,
+                prediction.p_success,
                 cost,
                 source or ("memory" if prediction.n_eff > 0 else "prior"),
+                # Untried models get their exploration bonus in planning, so they are tried;
+                # the judges read the prediction alone.
+                exploration_bonus=(prediction.ucb - prediction.p_success)
+                if prediction.n_eff < 1.0
+                else 0.0,
             )
         )
     return options, predictions

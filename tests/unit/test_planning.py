@@ -15,7 +15,15 @@ from emafusion.stores.answers import option_count
 
 
 def _c(model: str, p: float, cost: float) -> Candidate:
-    return Candidate(model=model, p_success=p, expected_cost_usd=cost, source="memory")
+    return Candidate(
+        model=model,
+        stage=0,
+        p_success=p,
+        exploration_bonus=0.0,
+        expected_cost_usd=cost,
+        cost_bound_usd=cost,
+        source="memory",
+    )
 
 
 def test_dominated_models_are_never_planned() -> None:
@@ -128,3 +136,12 @@ def test_a_near_tie_at_ten_times_the_price_is_not_planned() -> None:
     # claude-like: barely better than "yi" at ten times its price; "top" is clearly better.
     options = [_c("yi", 0.897, 4e-4), _c("pricey", 0.899, 4e-3), _c("top", 0.948, 5e-3)]
     assert [c["model"] for c in plan_cascade(options, max_levels=3)] == ["yi", "top"]
+
+
+def test_the_exploration_bonus_orders_plans_but_never_reaches_a_judge() -> None:
+    known = _c("known", 0.6, 1e-4)
+    new = Candidate(**{**_c("new", 0.3, 2e-4), "exploration_bonus": 0.5})
+    plan = plan_cascade([known, new], max_levels=3)
+    # Optimistic, the new model is worth a try after the known one.
+    assert [c["model"] for c in plan] == ["known", "new"]
+    assert plan[1]["p_success"] == 0.3  # the prediction itself is untouched

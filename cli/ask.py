@@ -7,17 +7,16 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any, cast
-
-from langgraph.graph.state import CompiledStateGraph
+from typing import TYPE_CHECKING, Any, cast
 
 from emafusion.cli.sources import add_store_url_arg, deployment_from_args
 from emafusion.graph.context import Context
-from emafusion.graph.render import to_dot, to_mermaid, to_png
-from emafusion.graph.router import make_graph
-from emafusion.nodes.invoke_model import MODEL_TAG
-from emafusion.nodes.resources import RouterResources, load_router
-from emafusion.stores.cost import COST_RECORDED
+
+# What a command needs is imported when it runs: `emafusion --help` stays fast.
+if TYPE_CHECKING:
+    from langgraph.graph.state import CompiledStateGraph
+
+    from emafusion.nodes.resources import RouterResources
 
 
 def context_from_args(args: argparse.Namespace) -> Context:
@@ -58,6 +57,8 @@ async def _run(
     context: Context,
     stream: bool,
 ) -> dict[str, Any]:
+    from emafusion.nodes.invoke_model import MODEL_TAG
+
     inputs: dict[str, Any] = {"query": query, "record_id": record_id}
     if not stream:
         return await graph.ainvoke(inputs, context=context)
@@ -98,6 +99,10 @@ def _recorded_query(resources: RouterResources, record_id: str) -> str:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from emafusion.graph.router import make_graph
+    from emafusion.nodes.resources import load_router
+    from emafusion.stores.cost import COST_RECORDED
+
     if not args.question and not args.record_id:
         raise ValueError("ask needs a QUESTION or --record-id ID")
     context = context_from_args(args)
@@ -137,6 +142,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    from emafusion.graph.render import to_dot, to_mermaid, to_png
+
     if args.format == "png":
         if args.out is None:
             raise ValueError("--format png needs --out FILE.png")

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 from emafusion.cli.sources import add_source_args, load_records, pool_for
-from emafusion.stores.cost import COST_ESTIMATED, Prices, per_1k
 from emafusion.stores.download import DATASETS, dataset_files, resolve_data_dir
-from emafusion.stores.providers import recorded_call_cost
-from emafusion.stores.recordings import write_jsonl
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
+    from emafusion.stores.cost import COST_ESTIMATED, Prices, per_1k
+    from emafusion.stores.providers import recorded_call_cost
+
     records = load_records(args)
     pool = pool_for(args, records)
     print(f"dataset {records.name}: {len(records):,} records from {records.source}")
@@ -64,6 +64,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_export(args: argparse.Namespace) -> int:
+    from emafusion.stores.recordings import write_jsonl
+
     records = load_records(args)
     count = write_jsonl(records.records, args.out)
     print(f"wrote {count:,} records to {args.out}")
@@ -104,4 +106,3 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
 
     path = data_commands.add_parser("path", help="print the resolved data directory")
     path.set_defaults(handler=cmd_data_path)
-

@@ -8,17 +8,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm import tqdm
-
 from emafusion.cli.sources import add_source_args, load_records, pool_for, taxonomy_for
-from emafusion.evals.experiment import Evaluation, limit_records
-from emafusion.evals.report import markdown, write_results
-from emafusion.stores.artifacts import default_router_dir
-from emafusion.stores.embeddings import default_embedder
-from emafusion.stores.pool import PoolError
 
 
 def _progress(label: str, total: int) -> Callable[[int], None]:
+    from tqdm import tqdm
+
     bar = tqdm(total=total, desc=label, unit="q", leave=False, dynamic_ncols=True)
 
     def tick(n: int) -> None:
@@ -30,6 +25,12 @@ def _progress(label: str, total: int) -> Callable[[int], None]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from emafusion.evals.experiment import Evaluation, limit_records
+    from emafusion.evals.report import markdown, write_results
+    from emafusion.stores.artifacts import default_router_dir
+    from emafusion.stores.embeddings import default_embedder
+    from emafusion.stores.pool import PoolError
+
     started = time.perf_counter()
     records = load_records(args)
     if args.limit:

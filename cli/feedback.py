@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 
 from emafusion.cli.sources import add_source_args, add_store_url_arg, deployment_from_args
-from emafusion.nodes.feedback import submit_feedback
-from emafusion.nodes.resources import load_router
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
+    from emafusion.nodes.feedback import submit_feedback
+    from emafusion.nodes.resources import load_router
+
     resources = load_router(deployment_from_args(args, persist_outcomes=True))
     receipt = submit_feedback(
         resources, args.run_id, args.score, args.model, query_id=args.query_id

@@ -13,33 +13,30 @@ import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emafusion.cli.sources import add_source_args, deployment_from_args
-from emafusion.evals.judges_report import print_selection, report
 from emafusion.graph.context import Context
-from emafusion.graph.router import make_graph
-from emafusion.nodes.judges import UnknownJudgeError, get_judge
-from emafusion.nodes.resources import load_router
-from emafusion.stores.artifacts import default_router_dir
-from emafusion.stores.combiner import subset_key
-from emafusion.stores.recordings import load_dataset
-from emafusion.train.judges import (
-    OFFLINE_JUDGES,
-    Fitted,
-    JudgesError,
-    JudgesSession,
-    cascade_views,
-    check_memory_holds_no_held_out,
-    collect_traces,
-    default_goal,
-    fit_judges,
-    threshold_settings,
-    train_and_save_verifier,
-)
-from emafusion.train.threshold import Goal, ThresholdChoice, select_threshold
+
+# What a command needs is imported when it runs: `emafusion --help` stays fast.
+if TYPE_CHECKING:
+    from emafusion.train.judges import (
+        Fitted,
+        JudgesSession,
+    )
+    from emafusion.train.threshold import Goal, ThresholdChoice
 
 
 def _session(args: argparse.Namespace) -> JudgesSession:
+    from emafusion.graph.router import make_graph
+    from emafusion.nodes.resources import load_router
+    from emafusion.stores.artifacts import default_router_dir
+    from emafusion.stores.recordings import load_dataset
+    from emafusion.train.judges import (
+        JudgesSession,
+        check_memory_holds_no_held_out,
+    )
+
     records = load_dataset(dataset=args.dataset, recordings=args.recordings, data_dir=args.data_dir)
     router_dir = Path(args.router_dir) if args.router_dir else default_router_dir(records.name)
     judges = _judge_list(args)
@@ -52,6 +49,12 @@ def _session(args: argparse.Namespace) -> JudgesSession:
 
 
 def _judge_list(args: argparse.Namespace) -> tuple[str, ...]:
+    from emafusion.nodes.judges import UnknownJudgeError, get_judge
+    from emafusion.train.judges import (
+        OFFLINE_JUDGES,
+        JudgesError,
+    )
+
     names = [n.strip() for n in (args.judges or ",".join(OFFLINE_JUDGES)).split(",") if n.strip()]
     if args.llm_judge and "llm" not in names:
         names.append("llm")
@@ -71,6 +74,8 @@ def _judge_list(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _goal(args: argparse.Namespace) -> Goal | None:
+    from emafusion.train.threshold import Goal
+
     if args.target_accuracy is not None:
         return Goal("target_accuracy", args.target_accuracy)
     if args.max_cost_per_1k is not None:
@@ -81,6 +86,8 @@ def _goal(args: argparse.Namespace) -> Goal | None:
 
 
 def _print_fitted(fitted: Fitted, judges: Sequence[str]) -> None:
+    from emafusion.evals.judges_report import print_selection
+
     print(
         f"combiner: logistic on judge log-odds, one per judge subset "
         f"({len(fitted.book.combiners)}), fitted on {fitted.answers:,} validation answers"
@@ -110,6 +117,16 @@ def _print_choice(combiner: str, choice: ThresholdChoice, judges: Sequence[str])
 
 
 def cmd_judges_train(args: argparse.Namespace) -> int:
+    from emafusion.train.judges import (
+        cascade_views,
+        collect_traces,
+        default_goal,
+        fit_judges,
+        threshold_settings,
+        train_and_save_verifier,
+    )
+    from emafusion.train.threshold import select_threshold
+
     session = _session(args)
     print(
         f"{session.records.name}: judges {', '.join(session.judges)}; router {session.router_dir}"
@@ -139,6 +156,14 @@ def cmd_judges_train(args: argparse.Namespace) -> int:
 
 
 def cmd_judges_threshold(args: argparse.Namespace) -> int:
+    from emafusion.train.judges import (
+        JudgesError,
+        cascade_views,
+        collect_traces,
+        threshold_settings,
+    )
+    from emafusion.train.threshold import select_threshold
+
     session = _session(args)
     goal = _goal(args)
     if goal is None:
@@ -160,6 +185,11 @@ def cmd_judges_threshold(args: argparse.Namespace) -> int:
 
 
 def _need_trained(session: JudgesSession, combiner: str) -> None:
+    from emafusion.stores.combiner import subset_key
+    from emafusion.train.judges import (
+        JudgesError,
+    )
+
     missing = []
     if "verifier" in session.judges and session.resources.verifier is None:
         missing.append("verifier")
@@ -174,6 +204,11 @@ def _need_trained(session: JudgesSession, combiner: str) -> None:
 
 
 def cmd_judges_report(args: argparse.Namespace) -> int:
+    from emafusion.evals.judges_report import report
+    from emafusion.train.judges import (
+        default_goal,
+    )
+
     session = _session(args)
     goal = _goal(args)
     report(session, goal or default_goal(session), goal_is_default=goal is None)
@@ -181,6 +216,10 @@ def cmd_judges_report(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    from emafusion.train.judges import (
+        OFFLINE_JUDGES,
+    )
+
     add_source_args(parser, skip_invalid=False)
     parser.add_argument(
         "--router-dir", type=Path, metavar="DIR", help="memory, verifier, combiner (default: cache)"

@@ -13,8 +13,6 @@ from emafusion.cli.eval import add_eval_commands
 from emafusion.cli.feedback import add_feedback_commands
 from emafusion.cli.judges import add_judges_commands
 from emafusion.cli.memory import add_memory_commands
-from emafusion.stores.download import DataError
-from emafusion.stores.pool import PoolError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -47,6 +45,10 @@ def _single_query_threads() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Past parsing: a command runs (help has exited), so its libraries may load now.
+    from emafusion.stores.download import DataError
+    from emafusion.stores.pool import PoolError
+
     _single_query_threads()
     handler: Handler = args.handler
     try:

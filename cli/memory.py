@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from emafusion.cli.sources import (
     add_source_args,
     add_store_url_arg,
@@ -19,14 +17,13 @@ from emafusion.cli.sources import (
     pool_for,
     taxonomy_for,
 )
-from emafusion.stores.artifacts import RouterArtifacts, build_router_artifacts, embed_records
-from emafusion.stores.embeddings import default_embedder
-from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeMemoryError
-from emafusion.stores.metrics import auroc
-from emafusion.stores.recordings import SPLITS
 
 
 def cmd_memory_build(args: argparse.Namespace) -> int:
+    from emafusion.stores.artifacts import build_router_artifacts
+    from emafusion.stores.embeddings import default_embedder
+    from emafusion.stores.memory import MemorySettings
+
     records = load_records(args)
     splits = tuple(args.split or ["train"])
     embedder = default_embedder()
@@ -53,6 +50,12 @@ def cmd_memory_build(args: argparse.Namespace) -> int:
 
 def cmd_memory_report(args: argparse.Namespace) -> int:
     """Is predicted success informative on held-out queries?"""
+    import numpy as np
+
+    from emafusion.stores.artifacts import RouterArtifacts, build_router_artifacts, embed_records
+    from emafusion.stores.embeddings import default_embedder
+    from emafusion.stores.metrics import auroc
+
     records = load_records(args)
     embedder = default_embedder()
     if args.router_dir:
@@ -100,6 +103,8 @@ def cmd_memory_report(args: argparse.Namespace) -> int:
 
 def cmd_memory_compact(args: argparse.Namespace) -> int:
     """Fold the outcome log into a new generation (any process may, at any time)."""
+    from emafusion.stores.memory import OutcomeMemory, OutcomeMemoryError
+
     if args.router_dir:
         memory = OutcomeMemory.load(Path(args.router_dir) / "memory")
     elif args.store_url:
@@ -126,6 +131,7 @@ def cmd_memory_compact(args: argparse.Namespace) -> int:
 
 def cmd_memory_migrate(args: argparse.Namespace) -> int:
     """Create or upgrade the emafusion tables of a PostgreSQL database."""
+
     import psycopg
 
     from emafusion.stores.memory.postgres_schema import (
@@ -150,6 +156,8 @@ def cmd_memory_migrate(args: argparse.Namespace) -> int:
 
 
 def add_memory_commands(commands: argparse._SubParsersAction) -> None:
+    from emafusion.stores.recordings import SPLITS
+
     memory = commands.add_parser("memory", help="the learned router's outcome memory")
     actions = memory.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
 
@@ -173,8 +181,11 @@ def add_memory_commands(commands: argparse._SubParsersAction) -> None:
     compact = actions.add_parser("compact", help="fold the outcome log into a new generation")
     compact.add_argument("--router-dir", type=Path, metavar="DIR", help="a router directory")
     add_store_url_arg(compact)
-    compact.add_argument("--memory", help="the memory's name in the database (a deployment's "
-                         "dataset or recordings name; default: the only one there)")
+    compact.add_argument(
+        "--memory",
+        help="the memory's name in the database (a deployment's "
+        "dataset or recordings name; default: the only one there)",
+    )
     compact.set_defaults(handler=cmd_memory_compact)
 
     migrate = actions.add_parser("migrate", help="create/upgrade the PostgreSQL schema")

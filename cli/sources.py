@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from emafusion.nodes.resources import DeploymentSettings
 from emafusion.stores.download import DATASETS
-from emafusion.stores.pool import Pool, PoolError, load_default_pool, load_pool
-from emafusion.stores.recordings import RecordSet, load_dataset
-from emafusion.stores.taxonomy import Taxonomy, TaxonomyError, default_taxonomy_path, load_taxonomy
+
+# What a command needs is imported when it runs: `emafusion --help` stays fast.
+if TYPE_CHECKING:
+    from emafusion.nodes.resources import DeploymentSettings
+    from emafusion.stores.pool import Pool
+    from emafusion.stores.recordings import RecordSet
+    from emafusion.stores.taxonomy import Taxonomy
 
 
 def add_source_args(parser: argparse.ArgumentParser, skip_invalid: bool = True) -> None:
@@ -35,6 +39,8 @@ def add_source_args(parser: argparse.ArgumentParser, skip_invalid: bool = True) 
 
 
 def load_records(args: argparse.Namespace) -> RecordSet:
+    from emafusion.stores.recordings import load_dataset
+
     return load_dataset(
         dataset=args.dataset,
         recordings=args.recordings,
@@ -44,6 +50,8 @@ def load_records(args: argparse.Namespace) -> RecordSet:
 
 
 def pool_for(args: argparse.Namespace, records: RecordSet) -> Pool | None:
+    from emafusion.stores.pool import PoolError, load_default_pool, load_pool
+
     if getattr(args, "pool", None):
         return load_pool(args.pool)
     try:
@@ -53,6 +61,13 @@ def pool_for(args: argparse.Namespace, records: RecordSet) -> Pool | None:
 
 
 def taxonomy_for(args: argparse.Namespace, records: RecordSet) -> Taxonomy:
+    from emafusion.stores.taxonomy import (
+        Taxonomy,
+        TaxonomyError,
+        default_taxonomy_path,
+        load_taxonomy,
+    )
+
     if getattr(args, "taxonomy", None):
         return load_taxonomy(args.taxonomy)
     try:
@@ -66,6 +81,8 @@ def deployment_from_args(
     args: argparse.Namespace, *, router_dir: Path | None = None, persist_outcomes: bool = False
 ) -> DeploymentSettings:
     """The deployment a command's arguments describe (the command line is the deployment)."""
+    from emafusion.nodes.resources import DeploymentSettings
+
     return DeploymentSettings(
         dataset=None if getattr(args, "recordings", None) else getattr(args, "dataset", None),
         recordings=getattr(args, "recordings", None),

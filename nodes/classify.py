@@ -22,7 +22,7 @@ from emafusion.nodes import settings
 from emafusion.nodes.events import emit
 from emafusion.nodes.planning import candidate, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
-from emafusion.nodes.validate import check_run
+from emafusion.nodes.validate import allowed_models, check_run
 from emafusion.stores.recordings import routing_text
 
 
@@ -57,7 +57,8 @@ def suitable_options(
 ) -> list[Candidate]:
     """Models whose training accuracy in `category` is within a margin of its best."""
     stats = resources.memory.model_stats(category)
-    in_pool = {m: s for m, s in stats.items() if m in resources.pool.names}
+    allowed = set(allowed_models(context, resources))
+    in_pool = {m: s for m, s in stats.items() if m in allowed}
     if not in_pool:
         return []
     best = max(s.mean_score for s in in_pool.values())

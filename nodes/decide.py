@@ -26,6 +26,7 @@ from emafusion.nodes.judges.agreement import agreement_with
 from emafusion.nodes.planning import affordable, replan_after_failure
 from emafusion.nodes.predict import memory_options
 from emafusion.nodes.resources import RouterResources
+from emafusion.nodes.validate import allowed_models
 
 # The confidence shown for an answer a judge failed on (the policy never returns on it).
 FAILED_JUDGE_CONFIDENCE = 0.0
@@ -79,7 +80,8 @@ async def decide(
         candidates = replan_after_failure(candidates, options, attempts, context)
         if len(candidates) <= len(attempts):
             # Nothing planned is left: the rest of the pool takes over.
-            rest = [m for m in resources.pool.names if m not in {o["model"] for o in options}]
+            planned = {o["model"] for o in options}
+            rest = [m for m in allowed_models(context, resources) if m not in planned]
             fallback, _ = memory_options(state, context, resources, rest, "fallback")
             if context.budget_usd is not None:
                 left = context.budget_usd - sum(

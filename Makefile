@@ -44,7 +44,7 @@ test-unit: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy graph nodes stores cli evals train
+	$(BIN)/mypy graph nodes stores cli evals train serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

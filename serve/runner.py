@@ -8,6 +8,8 @@ a reply whose judges cost anything says its usage is partly estimated.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,16 +147,24 @@ async def route(
     context: Context,
     config: RunnableConfig | None = None,
 ) -> RoutedReply:
-    """Route `query` under `context`; a run's bad settings raise `ContextError`."""
-    final: Mapping[str, Any] = {}
-    # callbacks=[]: a run inside someone else's LangGraph run (ChatEmaFusion in an agent)
-    # must not stream the router's internal model calls into that run's message stream.
-    run_config: RunnableConfig = {"callbacks": [], **(config or {})}
-    async for state in graph.astream(
-        {"query": query, "record_id": None},
-        config=run_config,
-        context=context,
-        stream_mode="values",
-    ):
-        final = state
+    """Route `query` under `context`; a run's bad settings raise `ContextError`.
+
+    The run is a root run of its own (an empty `contextvars` context): inside someone
+    else's LangGraph run (ChatEmaFusion in an agent) it would otherwise be taken for a
+    subgraph, and every model call it makes, judged or not, would reach that run's
+    message stream.
+    """
+
+    async def run() -> Mapping[str, Any]:
+        final: Mapping[str, Any] = {}
+        async for state in graph.astream(
+            {"query": query, "record_id": None},
+            config=config,
+            context=context,
+            stream_mode="values",
+        ):
+            final = state
+        return final
+
+    final = await asyncio.create_task(run(), context=contextvars.Context())
     return reply_from_state(final, context.preset)

@@ -115,6 +115,12 @@ class Context(BaseModel):
         description="Success probability traded for one USD per 1k queries when planning "
         "(0: the most accurate credible plan).",
     )
+    stages: dict[str, list[list[str]]] | None = Field(
+        default=None,
+        description="A fixed plan per predicted category: stages of models called at once, "
+        "in order ('*': any other category, or an unsure classifier). None: plan from the "
+        "memory's predictions, one model per stage.",
+    )
     min_p_success: float = Field(
         default=0.0,
         ge=0.0,
@@ -139,6 +145,12 @@ class Context(BaseModel):
         default=None,
         description="Model the 'llm' judge asks (from the deployment's judge pool, else the "
         "pool).",
+    )
+    fusion: Literal["last", "vote"] = Field(
+        default="last",
+        description="Which answer: 'last' (the latest stage's, by its judges' confidence) or "
+        "'vote' (every answer gathered votes, weighed by its model's reliability; the "
+        "confidence is the fused answer's calibrated P(right)).",
     )
     escalation_threshold: float = Field(
         default=0.6, ge=0.0, le=1.0, description="Return once the confidence reaches this."
@@ -211,6 +223,21 @@ class Context(BaseModel):
             raise ValueError(f"lists a model twice: {list(value)}")
         if any(not name.strip() for name in value):
             raise ValueError("model names must be non-empty")
+        return value
+
+    @field_validator("stages", mode="after")
+    @classmethod
+    def _stages(cls, value: dict[str, list[list[str]]] | None) -> dict[str, list[list[str]]] | None:
+        if value is None:
+            return None
+        if "*" not in value:
+            raise ValueError("needs a '*' plan, for any other category and unsure queries")
+        for category, plan in value.items():
+            if not plan or any(not stage for stage in plan):
+                raise ValueError(f"plan for {category!r} has an empty stage")
+            models = [m for stage in plan for m in stage]
+            if len(set(models)) != len(models):
+                raise ValueError(f"plan for {category!r} calls a model twice: {models}")
         return value
 
     @field_validator("judge_weights", mode="after")

@@ -13,12 +13,13 @@ from emafusion.graph.router import graph as router_graph
 # What each routing edge means; LangGraph knows the edges, not why they are taken.
 EDGE_LABELS = {
     ("classify", "predict"): "unsure, or refine",
-    ("classify", "invoke_model"): "confident",
-    ("classify", "finalize"): "no candidate",
-    ("predict", "finalize"): "no candidate",
-    ("invoke_model", "judge"): "Send per judge",
-    ("invoke_model", "decide"): "failed, or no judges",
-    ("decide", "invoke_model"): "escalate, or next after a failure",
+    ("classify", "invoke_model"): "a plan, or confident: first stage",
+    ("classify", "finalize"): "nothing affordable",
+    ("predict", "invoke_model"): "first stage (Send per model)",
+    ("predict", "finalize"): "nothing affordable",
+    ("gather", "judge"): "Send per answer and judge",
+    ("gather", "decide"): "nothing answered, or no judges",
+    ("decide", "invoke_model"): "escalate: next stage",
     ("decide", "finalize"): "return / exhausted / budget / max levels",
 }
 

@@ -1,4 +1,5 @@
-"""The router graph: classify -> [predict] -> invoke_model -> judges (Send) -> decide.
+"""The router graph: classify -> [predict] -> invoke_model (a stage's models at once,
+Send) -> gather -> judges (Send) -> decide -> next stage | finalize -> record.
 
 `make_builder(resources)` wires the nodes to one set of resources (a `RouterResources`
 built by the caller, or a `ResourceSource` such as a deployment's `RouterDirectory`);
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Send
 
 from emafusion.graph.context import Context
 from emafusion.graph.state import RouterInput, RouterOutput, RouterState
@@ -24,8 +26,8 @@ from emafusion.nodes import settings
 from emafusion.nodes.classify import classify
 from emafusion.nodes.decide import decide, route_after_decide
 from emafusion.nodes.finalize import finalize
-from emafusion.nodes.invoke_model import invoke_model
-from emafusion.nodes.judge import JudgeInput, fan_out_judges, judge
+from emafusion.nodes.invoke_model import InvokeInput, dispatch_stage, invoke_model
+from emafusion.nodes.judge import JudgeInput, fan_out_judges, gather, judge
 from emafusion.nodes.predict import predict
 from emafusion.nodes.record import record
 from emafusion.nodes.resources import (
@@ -62,18 +64,14 @@ def _bind(node: ResourceNode, source: ResourceSource, *, count_overhead: bool) -
     return run
 
 
-def route_after_classify(
-    state: RouterState, runtime: Runtime[Context]
-) -> Literal["predict", "invoke_model", "finalize"]:
-    """Unsure taxonomy -> learned router; confident -> its models (re-ranked if asked)."""
+def route_after_classify(state: RouterState, runtime: Runtime[Context]) -> list[Send] | str:
+    """A fixed plan -> its first stage; unsure taxonomy -> the learned router; confident ->
+    its models (re-ranked by the memory if asked)."""
     context = settings.current(state, runtime)
-    if state.get("route_mode") != "taxonomy" or context.refine_with_memory:
+    mode = state.get("route_mode")
+    if mode == "learned" or (mode == "taxonomy" and context.refine_with_memory):
         return "predict"
-    return "invoke_model" if state.get("candidates") else "finalize"
-
-
-def route_after_predict(state: RouterState) -> Literal["invoke_model", "finalize"]:
-    return "invoke_model" if state.get("candidates") else "finalize"
+    return dispatch_stage(state)
 
 
 def _source(resources: RouterResources | ResourceSource | None) -> ResourceSource:
@@ -92,20 +90,29 @@ def make_builder(resources: RouterResources | ResourceSource | None = None) -> S
     )
     builder.add_node("classify", _bind(classify, source, count_overhead=True))
     builder.add_node("predict", _bind(predict, source, count_overhead=True))
-    builder.add_node("invoke_model", _bind(invoke_model, source, count_overhead=True))
+    builder.add_node(
+        "invoke_model",
+        _bind(invoke_model, source, count_overhead=True),
+        input_schema=InvokeInput,
+    )
+    builder.add_node("gather", gather)
     builder.add_node(
         "judge", _bind(judge, source, count_overhead=False), input_schema=JudgeInput
     )
     builder.add_node("decide", _bind(decide, source, count_overhead=True))
-    builder.add_node("finalize", finalize)
+    builder.add_node("finalize", _bind(finalize, source, count_overhead=False))
     builder.add_node("record", _bind(record, source, count_overhead=False))
 
     builder.add_edge(START, "classify")
-    builder.add_conditional_edges("classify", route_after_classify)
-    builder.add_conditional_edges("predict", route_after_predict)
-    builder.add_conditional_edges("invoke_model", fan_out_judges, ["judge", "decide"])
+    builder.add_conditional_edges(
+        "classify", route_after_classify, ["predict", "invoke_model", "finalize"]
+    )
+    builder.add_conditional_edges("predict", dispatch_stage, ["invoke_model", "finalize"])
+    # A stage's parallel calls meet in `gather` (it runs once per stage), then the judges.
+    builder.add_edge("invoke_model", "gather")
+    builder.add_conditional_edges("gather", fan_out_judges, ["judge", "decide"])
     builder.add_edge("judge", "decide")
-    builder.add_conditional_edges("decide", route_after_decide)
+    builder.add_conditional_edges("decide", route_after_decide, ["invoke_model", "finalize"])
     builder.add_edge("finalize", "record")
     builder.add_edge("record", END)
     return builder

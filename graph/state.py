@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
-RouteMode = Literal["taxonomy", "learned", "hybrid"]
+RouteMode = Literal["taxonomy", "learned", "hybrid", "planned"]
 AttemptStatus = Literal["answered", "failed", "unavailable"]
 CandidateSource = Literal["taxonomy", "memory", "prior", "fallback"]
 # What the decide node concluded after an attempt:
@@ -38,6 +38,8 @@ class Candidate(TypedDict):
     """A model the router may call, with what it expects of it."""
 
     model: str
+    # Models of one stage are called at once (in parallel); stages run in order.
+    stage: int
     p_success: float
     expected_cost_usd: float  # what such a call costs on average (plans are built on it)
     cost_bound_usd: float  # what it may cost at most, before it is made (budgets use it)
@@ -55,6 +57,8 @@ class JudgeVerdict(TypedDict):
 
 
 class Attempt(TypedDict):
+    index: int  # position in the run's attempts (parallel calls merge by it)
+    stage: int
     model: str
     status: AttemptStatus
     answer: str | None
@@ -69,6 +73,12 @@ class Attempt(TypedDict):
     judge_cost_usd: float
     # Judges that could not judge this answer: it is never trusted (nor recorded) on them.
     judges_failed: list[str]
+    # What the answer says, as a key equal answers share (an option letter, a number,
+    # normalized short text); None: no comparable answer.
+    answer_key: str | None
+    # P(this model is right on a query like this one), before reading the answer; the
+    # weight of its vote when answers are fused.
+    reliability: float | None
     confidence: float | None
     decision: Decision | None
 
@@ -77,22 +87,27 @@ class AttemptView(TypedDict):
     """What the decision policy reads of one attempt (a projection of `Attempt`)."""
 
     model: str
+    stage: int
     status: AttemptStatus
     confidence: float | None
     cost_usd: float
     judge_cost_usd: float
     judge_scores: dict[str, float | None]
     judges_failed: list[str]
+    answer_key: str | None
+    reliability: float | None
 
 
 class CascadeView(TypedDict):
-    """Everything the decision policy decides on, after the latest attempt."""
+    """Everything the decision policy decides on, after the latest stage."""
 
     attempts: list[AttemptView]
-    # The model the plan would call next and what that call may cost (its pre-call bound;
-    # None: none left).
-    next_model: str | None
+    # The models the plan would call next (one stage) and what their calls may cost
+    # together (the pre-call bound); empty / None: nothing left.
+    next_models: list[str]
     next_cost_usd: float | None
+    # Options of a multiple-choice query (0: open answers), for fusing votes.
+    n_options: int
 
 
 # --- event payloads ------------------------------------------------------------------------
@@ -205,6 +220,14 @@ class RouterOutput(TypedDict):
     trace: list[TraceEvent]
 
 
+def merge_attempts(left: list[Attempt] | None, right: list[Attempt] | None) -> list[Attempt]:
+    """The attempts reducer: an update replaces attempts by index and appends new ones."""
+    merged = {a["index"]: a for a in left or []}
+    for attempt in right or []:
+        merged[attempt["index"]] = attempt
+    return [merged[i] for i in sorted(merged)]
+
+
 class RouterState(TypedDict):
     query: str
     record_id: NotRequired[str | None]
@@ -221,7 +244,8 @@ class RouterState(TypedDict):
     # replanned from them when a model fails.
     options: NotRequired[list[Candidate]]
     candidates: NotRequired[list[Candidate]]
-    attempts: NotRequired[list[Attempt]]
+    # Parallel calls of one stage each add their attempt; decide updates them (by index).
+    attempts: NotRequired[Annotated[list[Attempt], merge_attempts]]
     # Judges run in parallel (Send); their verdicts meet through this reducer.
     verdicts: NotRequired[Annotated[list[JudgeVerdict], operator.add]]
     answer: NotRequired[str | None]
@@ -233,6 +257,16 @@ class RouterState(TypedDict):
     router_ms: NotRequired[Annotated[float, operator.add]]
     overhead_ms: NotRequired[float]
     trace: NotRequired[Annotated[list[TraceEvent], operator.add]]
+
+
+class CallTask(TypedDict):
+    """What one model call receives through `Send` (a stage's models run in parallel)."""
+
+    model: str
+    index: int
+    stage: int
+    query: str
+    record_id: str | None
 
 
 class JudgeTask(TypedDict):

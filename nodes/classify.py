@@ -20,7 +20,7 @@ from emafusion.graph.context import Context
 from emafusion.graph.state import Candidate, ClassifiedEvent, RouteMode, RouterState
 from emafusion.nodes import settings
 from emafusion.nodes.events import emit
-from emafusion.nodes.planning import candidate, list_price_estimate, plan_cascade
+from emafusion.nodes.planning import candidate, fixed_plan, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
 from emafusion.nodes.validate import allowed_models, check_run
 from emafusion.stores.recordings import routing_text
@@ -52,29 +52,50 @@ async def llm_category_probs(
     return probs
 
 
+def category_options(
+    resources: RouterResources, category: str | None, query: str, models: list[str]
+) -> dict[str, Candidate]:
+    """Each model as a candidate by its training record in `category` (else overall)."""
+    stats = resources.memory.model_stats(category) if category else {}
+    overall = resources.memory.model_stats(None)
+    options = {}
+    for model in models:
+        spec = resources.spec(model)
+        record = stats.get(model) or overall.get(model)
+        p = record.mean_score if record is not None else 0.5
+        cost = record.mean_cost_usd if record is not None else None
+        if cost is None:
+            cost = list_price_estimate(spec, query)
+        options[model] = candidate(spec, query, p, cost, "taxonomy")
+    return options
+
+
 def suitable_options(
     resources: RouterResources, category: str, context: Context, query: str
 ) -> list[Candidate]:
     """Models whose training accuracy in `category` is within a margin of its best."""
     stats = resources.memory.model_stats(category)
     allowed = set(allowed_models(context, resources))
-    in_pool = {m: s for m, s in stats.items() if m in allowed}
+    in_pool = [m for m in stats if m in allowed]
     if not in_pool:
         return []
-    best = max(s.mean_score for s in in_pool.values())
+    best = max(stats[m].mean_score for m in in_pool)
+    options = category_options(resources, category, query, in_pool)
     return [
-        candidate(
-            resources.spec(model),
-            query,
-            s.mean_score,
-            s.mean_cost_usd
-            if s.mean_cost_usd is not None
-            else list_price_estimate(resources.spec(model), query),
-            "taxonomy",
-        )
-        for model, s in in_pool.items()
-        if s.mean_score >= best - context.suitability_margin
+        options[m] for m in in_pool if stats[m].mean_score >= best - context.suitability_margin
     ]
+
+
+def planned_options(
+    resources: RouterResources, context: Context, category: str | None, query: str
+) -> tuple[list[Candidate], list[Candidate]]:
+    """(options, plan) of a fixed plan (`Context.stages`): the category's, else '*'."""
+    assert context.stages is not None
+    stages = context.stages.get(category or "*") or context.stages["*"]
+    allowed = set(allowed_models(context, resources))
+    models = [m for stage in stages for m in stage if m in allowed]
+    options = category_options(resources, category, query, models)
+    return list(options.values()), fixed_plan(stages, options, context.budget_usd)
 
 
 async def classify(
@@ -96,11 +117,22 @@ async def classify(
     top = int(np.argmax(probs))
     category, confidence = names[top], float(probs[top])
     confident = confidence >= context.taxonomy_threshold
-    options = suitable_options(resources, category, context, query) if confident else []
-    candidates = plan_cascade(
-        options, context.max_levels, context.min_p_success, context.cost_weight, context.budget_usd
-    )
-    mode: RouteMode = "taxonomy" if candidates else "learned"
+    mode: RouteMode
+    if context.stages is not None:
+        options, candidates = planned_options(
+            resources, context, category if confident else None, query
+        )
+        mode = "planned"
+    else:
+        options = suitable_options(resources, category, context, query) if confident else []
+        candidates = plan_cascade(
+            options,
+            context.max_levels,
+            context.min_p_success,
+            context.cost_weight,
+            context.budget_usd,
+        )
+        mode = "taxonomy" if candidates else "learned"
     shown = sorted(zip(names, probs.tolist(), strict=True), key=lambda x: -x[1])[:5]
     event = emit(
         runtime,

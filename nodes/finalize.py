@@ -7,25 +7,43 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from emafusion.graph.context import Context
-from emafusion.graph.state import ReturnedEvent, RouterState
+from emafusion.graph.state import CascadeView, ReturnedEvent, RouterState
 from emafusion.nodes import policy, settings
 from emafusion.nodes.events import emit
+from emafusion.nodes.resources import RouterResources
+from emafusion.stores.answers import option_count
 
 
-async def finalize(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
+async def finalize(
+    state: RouterState, runtime: Runtime[Context], resources: RouterResources
+) -> dict[str, Any]:
+    context = settings.current(state, runtime)
     attempts = state.get("attempts", [])
-    views = [policy.view_of(a) for a in attempts]
+    view = CascadeView(
+        attempts=[policy.view_of(a) for a in attempts],
+        next_models=[],
+        next_cost_usd=None,
+        n_options=option_count(state["query"]),
+    )
+    rule = policy.PolicySettings.from_context(context)
+    fusion = resources.fusion or policy.DEFAULT_FUSION
     decision = attempts[-1]["decision"] if attempts else None
-    index, reason = policy.choose(views, decision or "exhausted")
+    index, reason = policy.choose(view, decision or "exhausted", rule, fusion)
     if not attempts:
-        budget = settings.current(state, runtime).budget_usd
+        budget = context.budget_usd
         reason = (
             f"budget: no model's call fits ${budget:.6f} (pre-call bound)"
             if budget is not None
             else "no model could be planned"
         )
     chosen = attempts[index] if index is not None else None
-    cost = policy.spent_usd(views)
+    if chosen is None:
+        confidence = None
+    elif context.fusion == "vote":
+        confidence = policy.stage_confidence(view, rule, fusion)
+    else:
+        confidence = chosen["confidence"]
+    cost = policy.spent_usd(view["attempts"])
     path = [a["model"] for a in attempts]
     event = emit(
         runtime,
@@ -33,7 +51,7 @@ async def finalize(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
         ReturnedEvent(
             run_id=state.get("run_id", ""),
             model=chosen["model"] if chosen else None,
-            confidence=chosen["confidence"] if chosen else None,
+            confidence=confidence,
             cost_usd=cost,
             escalation_path=path,
             answered=chosen is not None,
@@ -45,7 +63,7 @@ async def finalize(state: RouterState, runtime: Runtime[Context]) -> dict[str, A
         "run_id": state.get("run_id", ""),
         "answer": chosen["answer"] if chosen else None,
         "model": chosen["model"] if chosen else None,
-        "confidence": chosen["confidence"] if chosen else None,
+        "confidence": confidence,
         "cost_usd": cost,
         "escalation_path": path,
         "overhead_ms": state.get("router_ms", 0.0),

@@ -1,4 +1,4 @@
-"""judge: the fan-out target. Every configured judge scores the latest answer in parallel.
+"""judge: the fan-out target. Every configured judge scores each new answer in parallel.
 
 A judge that raises, or returns something that is not a score, is a failed verdict: the
 decision policy never trusts the answer on it (fail closed), and it is never recorded.
@@ -27,36 +27,49 @@ class JudgeInput(TypedDict):
 
 
 def fan_out_judges(state: RouterState, runtime: Runtime[Context]) -> list[Send] | str:
-    """After a model answered: one Send per judge. After a failure: straight on."""
+    """After a stage: one Send per (new answer, judge). Nothing answered: straight on."""
     context = settings.current(state, runtime)
     attempts = state.get("attempts", [])
-    latest = attempts[-1]
-    if latest["status"] != "answered" or not context.judges:
+    stage = attempts[-1]["stage"]
+    fresh = [a for a in attempts if a["stage"] == stage and a["status"] == "answered"]
+    if not fresh or not context.judges:
         return "decide"
-    index = len(attempts) - 1
-    candidate = state["candidates"][index]
-    earlier = [a["answer"] or "" for a in attempts[:-1] if a["status"] == "answered"]
-    return [
-        Send(
-            "judge",
-            JudgeInput(
-                judge_task=JudgeTask(
-                    judge=name,
-                    attempt=index,
-                    query=state["query"],
-                    record_id=state.get("record_id"),
-                    category=state.get("category"),
-                    model=latest["model"],
-                    answer=latest["answer"] or "",
-                    p_success=candidate["p_success"],
-                    earlier_answers=earlier,
-                    query_vector=state.get("query_vector"),
-                ),
-                settings=state.get("settings") or context.model_dump(mode="json"),
-            ),
+    candidates = state["candidates"]
+    sends = []
+    for attempt in fresh:
+        earlier = [
+            a["answer"] or ""
+            for a in attempts
+            if a["index"] < attempt["index"] and a["status"] == "answered"
+        ]
+        task = JudgeTask(
+            judge="",
+            attempt=attempt["index"],
+            query=state["query"],
+            record_id=state.get("record_id"),
+            category=state.get("category"),
+            model=attempt["model"],
+            answer=attempt["answer"] or "",
+            p_success=candidates[attempt["index"]]["p_success"],
+            earlier_answers=earlier,
+            query_vector=state.get("query_vector"),
         )
-        for name in context.judges
-    ]
+        sends += [
+            Send(
+                "judge",
+                JudgeInput(
+                    judge_task=JudgeTask(**{**task, "judge": name}),
+                    settings=state.get("settings") or context.model_dump(mode="json"),
+                ),
+            )
+            for name in context.judges
+        ]
+    return sends
+
+
+def gather(state: RouterState) -> dict[str, Any]:
+    """Where a stage's parallel calls meet before their answers are judged."""
+    return {}
 
 
 async def judge(

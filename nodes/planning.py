@@ -31,10 +31,16 @@ def call_cost_bound(spec: ModelSpec, query: str, expected_usd: float) -> float:
 
 
 def candidate(
-    spec: ModelSpec, query: str, p_success: float, expected_usd: float, source: CandidateSource
+    spec: ModelSpec,
+    query: str,
+    p_success: float,
+    expected_usd: float,
+    source: CandidateSource,
+    stage: int = 0,
 ) -> Candidate:
     return Candidate(
         model=spec.name,
+        stage=stage,
         p_success=p_success,
         expected_cost_usd=expected_usd,
         cost_bound_usd=call_cost_bound(spec, query, expected_usd),
@@ -85,7 +91,29 @@ def plan_cascade(
     top = max(range(len(frontier)), key=lambda i: (utility[i], -i))
     frontier = frontier[: top + 1]
     levels = max(1, max_levels)
-    return frontier[-levels:]
+    return staged(frontier[-levels:])
+
+
+def staged(candidates: Sequence[Candidate], first: int = 0) -> list[Candidate]:
+    """One model per stage, in order, from stage `first`."""
+    return [Candidate(**{**c, "stage": first + i}) for i, c in enumerate(candidates)]
+
+
+def fixed_plan(
+    stages: Sequence[Sequence[str]],
+    options: dict[str, Candidate],
+    budget_usd: float | None = None,
+) -> list[Candidate]:
+    """A given plan (stages of model names) as candidates; models without an option (not in
+    the pool, not allowed) or whose call alone exceeds the budget are left out, and stages
+    left empty are dropped."""
+    plan: list[Candidate] = []
+    for models in stages:
+        kept = affordable([options[m] for m in models if m in options], budget_usd)
+        if kept:
+            stage = len({c["stage"] for c in plan})
+            plan += [Candidate(**{**c, "stage": stage}) for c in kept]
+    return plan
 
 
 def replan_after_failure(
@@ -104,6 +132,7 @@ def replan_after_failure(
     """
     tried = {a["model"] for a in attempts}
     done = list(candidates[: len(attempts)])
+    after = max((a["stage"] for a in attempts), default=-1) + 1
     answered = sum(1 for a in attempts if a["status"] == "answered")
     levels = max(1, context.max_levels - answered)
     untried = [o for o in options if o["model"] not in tried]
@@ -111,7 +140,7 @@ def replan_after_failure(
         untried, levels, context.min_p_success, context.cost_weight, context.budget_usd
     )
     if tail:
-        return [*done, *tail]
+        return [*done, *staged(tail, after)]
     rest = [f for f in fallback if f["model"] not in tried]
     best = plan_cascade(rest, levels, context.min_p_success, context.cost_weight, None)
     planned = {c["model"] for c in best}
@@ -119,4 +148,4 @@ def replan_after_failure(
         (f for f in rest if f["model"] not in planned),
         key=lambda c: (c["expected_cost_usd"], -c["p_success"], c["model"]),
     )
-    return [*done, *best, *others]
+    return [*done, *staged([*best, *others], after)]

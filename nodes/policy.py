@@ -1,26 +1,41 @@
 """The decision policy: when to stop, when to escalate, which answer to return.
 
-Pure functions of a `CascadeView` (what the router knows after its latest attempt) and
-`PolicySettings`. The graph's `decide` and `finalize` nodes call them, and so does every
-replay in training and evaluation (`replay`), from the `decided` events the graph recorded:
-there is one rule, so what is evaluated is what is served.
+Pure functions of a `CascadeView` (what the router knows after its latest stage),
+`PolicySettings` and, for fused answers, the `FusionModel`. The graph's `decide` and
+`finalize` nodes call them, and so does every replay in training and evaluation
+(`replay`), from the `decided` events the graph recorded (or the traces training builds
+the same way): there is one rule, so what is evaluated is what is served.
 
-A replay may vary what only the policy reads (threshold, `stop_early`, `on_abstain`, budget,
-and, through `with_confidences`, how judge scores combine), not what shaped the recorded
-plan (which models, in which order): those need a new graph run.
+Two ways to answer:
+- `last` (the paper's cascade): each answer has its judges' confidence; return the stage's
+  answer once it clears the threshold, else the most confident answer at the end.
+- `vote` (fusion): every answer gathered so far votes for its answer key, weighed by its
+  model's reliability (naive Bayes over the query's options); the fused answer's
+  confidence is the calibrated P(right) of that vote, and it is returned once it clears
+  the threshold, or when nothing is left to call.
+
+A replay may vary what only the policy reads (threshold, `stop_early`, `on_abstain`,
+budget, fusion mode, the fusion model, and through `with_confidences` how judge scores
+combine), not what shaped the recorded plan (which models, in which stages).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from emafusion.graph.context import Context
 from emafusion.graph.state import Attempt, AttemptView, CascadeView, DecidedEvent, Decision
+from emafusion.stores.fusion import FusionModel
 
 if TYPE_CHECKING:
     from emafusion.stores.combiner import CombinerBook
+
+DEFAULT_FUSION = FusionModel()
+# Reliabilities are clipped away from 0 and 1: one vote never decides alone for certain.
+_EPS = 0.02
 
 
 class PolicyError(ValueError):
@@ -35,6 +50,7 @@ class PolicySettings:
     stop_early: bool = True
     on_abstain: Literal["escalate", "return"] = "escalate"
     on_judge_failure: Literal["escalate", "trust_others"] = "escalate"
+    fusion: Literal["last", "vote"] = "last"
 
     @classmethod
     def from_context(cls, context: Context) -> PolicySettings:
@@ -45,18 +61,22 @@ class PolicySettings:
             stop_early=context.stop_early,
             on_abstain=context.on_abstain,
             on_judge_failure=context.on_judge_failure,
+            fusion=context.fusion,
         )
 
 
 def view_of(attempt: Attempt) -> AttemptView:
     return AttemptView(
         model=attempt["model"],
+        stage=attempt["stage"],
         status=attempt["status"],
         confidence=attempt["confidence"],
         cost_usd=attempt["cost_usd"],
         judge_cost_usd=attempt["judge_cost_usd"],
         judge_scores=dict(attempt["judge_scores"]),
         judges_failed=list(attempt["judges_failed"]),
+        answer_key=attempt["answer_key"],
+        reliability=attempt["reliability"],
     )
 
 
@@ -64,56 +84,203 @@ def spent_usd(attempts: Sequence[AttemptView]) -> float:
     return sum(a["cost_usd"] + a["judge_cost_usd"] for a in attempts)
 
 
-def decide(view: CascadeView, settings: PolicySettings) -> tuple[Decision, str]:
-    """The decision after the latest attempt, and why."""
+def current_stage(attempts: Sequence[AttemptView]) -> list[AttemptView]:
+    last = max(a["stage"] for a in attempts)
+    return [a for a in attempts if a["stage"] == last]
+
+
+# --- fusion ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fused:
+    key: str | None
+    chosen: int  # index of the attempt whose answer is returned
+    posterior: float  # naive-Bayes P(this key is right)
+    confidence: float  # calibrated P(right) (the posterior without a calibrator)
+    features: tuple[float, ...]
+
+
+def _logit(p: float) -> float:
+    p = min(1.0 - 1e-6, max(1e-6, p))
+    return math.log(p / (1.0 - p))
+
+
+def fuse(view: CascadeView, model: FusionModel = DEFAULT_FUSION) -> Fused | None:
+    """The weighted vote over every answer gathered so far (None: nobody answered).
+
+    An answer with reliability r for key k adds log(r (K - 1) / (1 - r)) to k's score;
+    each of the K options nobody chose scores 0; the posterior of the top key is its
+    softmax share. The representative of a key is its most reliable answer (the later
+    one on ties, which was called for a reason).
+    """
+    attempts = view["attempts"]
+    answered = [i for i, a in enumerate(attempts) if a["status"] == "answered"]
+    if not answered:
+        return None
+    options = view["n_options"] or model.open_options
+    scores: dict[str, float] = {}
+    members: dict[str, list[int]] = {}
+    for i in answered:
+        a = attempts[i]
+        key = a["answer_key"]
+        if key is None:
+            continue
+        r = min(1.0 - _EPS, max(_EPS, a["reliability"] if a["reliability"] is not None else 0.5))
+        scores[key] = scores.get(key, 0.0) + math.log(r * (options - 1) / (1.0 - r))
+        members.setdefault(key, []).append(i)
+
+    def reliability(i: int) -> float:
+        r = attempts[i]["reliability"]
+        return r if r is not None else 0.5
+
+    stage = float(max(a["stage"] for a in attempts))
+    if not scores:
+        # No answer committed to anything comparable: the most reliable one, unfused.
+        chosen = max(reversed(answered), key=reliability)
+        r = reliability(chosen)
+        features = (_logit(r / options), 0.0, 0.0, 0.0, _logit(r), stage)
+        calibrated = model.calibrated(features)
+        low = r / options
+        return Fused(None, chosen, low, low if calibrated is None else calibrated, features)
+    top = max(scores, key=lambda k: (scores[k], len(members[k]), max(members[k])))
+    peak = max(scores.values())
+    unseen = max(0, options - len(scores))
+    total = sum(math.exp(s - peak) for s in scores.values()) + unseen * math.exp(-peak)
+    posterior = math.exp(scores[top] - peak) / total
+    chosen = max(reversed(members[top]), key=reliability)
+    features = (
+        _logit(posterior),
+        float(len(members[top])),
+        float(sum(len(m) for m in members.values())),
+        float(len(scores)),
+        _logit(max(reliability(i) for i in members[top])),
+        stage,
+    )
+    calibrated = model.calibrated(features)
+    return Fused(top, chosen, posterior, posterior if calibrated is None else calibrated, features)
+
+
+# --- decide and choose -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """What decide and choose read of a view, computed once (`summarize`): a replay that
+    tries many thresholds over the same traces reuses it."""
+
+    answered: bool  # the latest stage has an answer
+    distrusted: bool  # a judge failed on one of its answers (and failures escalate)
+    confidence: float | None  # of the answer the router would return now
+    returned: int | None  # the answer returned if the router stops here confident
+    fallback: int | None  # the answer returned if it stops without confidence
+
+
+def summarize(
+    view: CascadeView, settings: PolicySettings, model: FusionModel = DEFAULT_FUSION
+) -> StageSummary:
+    attempts = view["attempts"]
+    if not attempts:
+        return StageSummary(False, False, None, None, None)
+    last = max(a["stage"] for a in attempts)
+    stage = [i for i, a in enumerate(attempts) if a["stage"] == last]
+    answered = [i for i in stage if attempts[i]["status"] == "answered"]
+    distrusted = settings.on_judge_failure == "escalate" and any(
+        attempts[i]["judges_failed"] for i in answered
+    )
+    if settings.fusion == "vote":
+        fused = fuse(view, model)
+        chosen = None if fused is None else fused.chosen
+        confidence = None if fused is None or not answered else fused.confidence
+        return StageSummary(bool(answered), distrusted, confidence, chosen, chosen)
+    everyone = [i for i, a in enumerate(attempts) if a["status"] == "answered"]
+    fallback = (
+        max(reversed(everyone), key=lambda i: attempts[i]["confidence"] or 0.0)
+        if everyone
+        else None
+    )
+    current = answered[-1] if answered else None
+    confidence = attempts[current]["confidence"] if current is not None else None
+    return StageSummary(bool(answered), distrusted, confidence, current, fallback)
+
+
+def stage_confidence(
+    view: CascadeView, settings: PolicySettings, model: FusionModel = DEFAULT_FUSION
+) -> float | None:
+    """How sure the router is of the answer it would return now (None: no judge spoke)."""
+    return summarize(view, settings, model).confidence
+
+
+def decide(
+    view: CascadeView,
+    settings: PolicySettings,
+    model: FusionModel = DEFAULT_FUSION,
+    summary: StageSummary | None = None,
+) -> tuple[Decision, str]:
+    """The decision after the latest stage, and why."""
     attempts = view["attempts"]
     if not attempts:
         raise PolicyError("decide needs at least one attempt")
-    current = attempts[-1]
-    distrusted = bool(current["judges_failed"]) and settings.on_judge_failure == "escalate"
-    if current["status"] == "answered" and settings.stop_early and not distrusted:
-        confidence = current["confidence"]
+    summary = summary or summarize(view, settings, model)
+    confidence = summary.confidence
+    if summary.answered and settings.stop_early and not summary.distrusted:
         if confidence is None:
             if settings.on_abstain == "return":
                 return "return", "no judge gave a score; on_abstain=return"
         elif confidence >= settings.threshold:
             return "return", f"confidence {confidence:.4f} >= threshold {settings.threshold}"
     next_cost = view["next_cost_usd"]
-    if view["next_model"] is None or next_cost is None:
+    if not view["next_models"] or next_cost is None:
         return "exhausted", "no model left to call"
-    answered = sum(1 for a in attempts if a["status"] == "answered")
-    if answered >= settings.max_levels:
-        return "max_levels", f"{answered} answers reached max_levels {settings.max_levels}"
+    total = sum(1 for a in attempts if a["status"] == "answered")
+    if total >= settings.max_levels:
+        return "max_levels", f"{total} answers reached max_levels {settings.max_levels}"
+    stage = current_stage(attempts)
     if settings.budget_usd is not None:
-        # The next answer will be judged too, at about what judging this one cost.
-        projected = spent_usd(attempts) + next_cost + current["judge_cost_usd"]
+        # The next answers will be judged too, at about what judging these cost.
+        judging = sum(a["judge_cost_usd"] for a in stage) / len(stage)
+        projected = spent_usd(attempts) + next_cost + judging * len(view["next_models"])
         if projected > settings.budget_usd:
             return "budget", (
-                f"calling {view['next_model']} would bring the query to ${projected:.6f}, over "
-                f"the budget ${settings.budget_usd:.6f}"
+                f"calling {', '.join(view['next_models'])} would bring the query to "
+                f"${projected:.6f}, over the budget ${settings.budget_usd:.6f}"
             )
-    if current["status"] != "answered":
-        return "escalate", f"{current['model']} {current['status']}"
-    if distrusted:
-        return "escalate", f"judge(s) {', '.join(current['judges_failed'])} failed (fail closed)"
-    if current["confidence"] is None:
+    if not summary.answered:
+        return "escalate", ", ".join(f"{a['model']} {a['status']}" for a in stage)
+    if summary.distrusted:
+        failed = sorted({j for a in stage for j in a["judges_failed"]})
+        return "escalate", f"judge(s) {', '.join(failed)} failed (fail closed)"
+    if confidence is None:
         return "escalate", "no judge gave a score (fail closed)"
-    return "escalate", f"confidence {current['confidence']:.4f} < threshold {settings.threshold}"
+    return "escalate", f"confidence {confidence:.4f} < threshold {settings.threshold}"
 
 
-def choose(attempts: Sequence[AttemptView], decision: Decision) -> tuple[int | None, str]:
-    """The attempt whose answer is returned (None: nobody answered), and why.
-
-    The attempt that cleared the threshold; else the most confident answer, the later
-    (stronger) model on ties, since it was escalated to for a reason.
-    """
-    if decision == "return" and attempts and attempts[-1]["status"] == "answered":
-        return len(attempts) - 1, "confident"
-    answered = [i for i, a in enumerate(attempts) if a["status"] == "answered"]
-    if not answered:
+def choose(
+    view: CascadeView,
+    decision: Decision,
+    settings: PolicySettings,
+    model: FusionModel = DEFAULT_FUSION,
+    summary: StageSummary | None = None,
+) -> tuple[int | None, str]:
+    """The attempt whose answer is returned (None: nobody answered), and why."""
+    summary = summary or summarize(view, settings, model)
+    attempts = view["attempts"]
+    if settings.fusion == "vote":
+        if summary.returned is None:
+            return None, "no model answered"
+        key = attempts[summary.returned]["answer_key"]
+        members = sum(1 for a in attempts if key is not None and a["answer_key"] == key) or 1
+        answered = sum(1 for a in attempts if a["status"] == "answered")
+        confidence = summary.confidence if summary.confidence is not None else float("nan")
+        return summary.returned, (
+            f"{decision}: the fused answer ({members} of {answered} answers, P(right) "
+            f"{confidence:.3f})"
+        )
+    if decision == "return" and summary.returned is not None:
+        return summary.returned, "confident"
+    if summary.fallback is None:
         return None, "no model answered"
-    best = max(reversed(answered), key=lambda i: attempts[i]["confidence"] or 0.0)
-    return best, f"{decision}: the most confident answer"
+    return summary.fallback, f"{decision}: the most confident answer"
 
 
 # --- confidences ---------------------------------------------------------------------------
@@ -167,11 +334,7 @@ def with_confidences(
         )
         for a in view["attempts"]
     ]
-    return CascadeView(
-        attempts=attempts,
-        next_model=view["next_model"],
-        next_cost_usd=view["next_cost_usd"],
-    )
+    return CascadeView(**{**view, "attempts": attempts})
 
 
 # --- replay ----------------------------------------------------------------------------------
@@ -185,6 +348,7 @@ class ReplayOutcome:
     attempts: int  # models called (answered or failed)
     spent_usd: float
     confidence: float | None
+    stages: int = 0
 
 
 def views_of(
@@ -196,33 +360,53 @@ def views_of(
     return views if confidence is None else [with_confidences(v, confidence) for v in views]
 
 
-def replay(views: Sequence[CascadeView], settings: PolicySettings) -> ReplayOutcome:
+def replay(
+    views: Sequence[CascadeView],
+    settings: PolicySettings,
+    model: FusionModel = DEFAULT_FUSION,
+    summaries: Sequence[StageSummary] | None = None,
+) -> ReplayOutcome:
     """What the graph would have returned under `settings`, from a run's policy inputs
-    (`views_of` its `decided` events).
+    (`views_of` its `decided` events, one per stage).
 
     The run must have gone at least as far as these settings go: record it with
     `stop_early=False` (and no tighter budget), and any threshold is exact.
     """
     if not views:
         return ReplayOutcome(None, None, "exhausted", 0, 0.0, None)
-    for index, view in enumerate(views):
-        decision, _ = decide(view, settings)
+    if summaries is None:
+        summaries = [summarize(v, settings, model) for v in views]
+    for index, (view, summary) in enumerate(zip(views, summaries, strict=True)):
+        decision, _ = decide(view, settings, model, summary)
         if decision == "escalate" and index < len(views) - 1:
             continue
         if decision == "escalate":
             raise PolicyError(
                 f"the trace ends after {len(view['attempts'])} attempts where these settings "
-                f"escalate to {view['next_model']}: record it with stop_early=False and "
-                f"settings that go at least as far"
+                f"escalate to {', '.join(view['next_models'])}: record it with "
+                f"stop_early=False and settings that go at least as far"
             )
         attempts = view["attempts"]
-        chosen, _ = choose(attempts, decision)
+        chosen, _ = choose(view, decision, settings, model, summary)
+        confidence = (
+            summary.confidence
+            if settings.fusion == "vote"
+            else (attempts[chosen]["confidence"] if chosen is not None else None)
+        )
         return ReplayOutcome(
             chosen,
             attempts[chosen]["model"] if chosen is not None else None,
             decision,
             len(attempts),
             spent_usd(attempts),
-            attempts[chosen]["confidence"] if chosen is not None else None,
+            confidence,
+            index + 1,
         )
     raise AssertionError("unreachable")
+
+
+def at_threshold(settings: PolicySettings, threshold: float | None) -> PolicySettings:
+    """The same policy at `threshold` (None: never stop early)."""
+    if threshold is None:
+        return replace(settings, stop_early=False)
+    return replace(settings, threshold=threshold, stop_early=True)

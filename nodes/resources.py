@@ -23,6 +23,7 @@ from typing import Protocol
 from langchain_core.language_models import BaseChatModel
 
 from emafusion.graph.context import Context
+from emafusion.nodes.reliability import ReliabilityTable, table_from_memory
 from emafusion.stores.artifacts import (
     ROUTER_MANIFEST,
     ArtifactsError,
@@ -32,6 +33,7 @@ from emafusion.stores.artifacts import (
 )
 from emafusion.stores.combiner import CombinerBook, load_combiners
 from emafusion.stores.embeddings import Embedder, default_embedder
+from emafusion.stores.fusion import FusionModel, load_fusion
 from emafusion.stores.memory import OutcomeMemory
 from emafusion.stores.pool import ModelSpec, Pool, PoolError, load_default_pool, load_pool
 from emafusion.stores.presets import PresetBook, PresetError, load_presets
@@ -48,6 +50,7 @@ from emafusion.stores.taxonomy import (
 from emafusion.stores.verifier import LearnedVerifier, load_verifier
 
 logger = logging.getLogger(__name__)
+RELIABILITY_TTL_S = 5.0
 
 
 @dataclass
@@ -65,6 +68,8 @@ class RouterResources:
     combiners: CombinerBook | None = None
     # Models the 'llm' judge may ask, by name (the deployment's judge pool).
     judge_models: dict[str, tuple[ModelSpec, BaseChatModel]] = field(default_factory=dict)
+    # How answers are fused (fusion.json, fitted by the evaluation); None: the defaults.
+    fusion: FusionModel | None = None
     # The operating points the evaluation chose (presets.json); None until then.
     presets: PresetBook | None = None
     # Whether live outcomes are written to router_dir (a deployment choice).
@@ -73,9 +78,23 @@ class RouterResources:
     runs: RunLedger = field(default_factory=RunLedger)
     # Serializes add-then-save of live outcomes (the memory itself is thread-safe).
     memory_lock: threading.Lock = field(default_factory=threading.Lock)
+    _reliability: tuple[tuple[int, int, float], float, ReliabilityTable] | None = field(
+        default=None, repr=False
+    )
 
     def spec(self, model: str) -> ModelSpec:
         return self.pool.get(model)
+
+    def reliability_table(self, smoothing: float) -> ReliabilityTable:
+        """Models' accuracy by category in the memory, recomputed when it has grown (or
+        every few seconds: feedback changes outcomes without adding queries)."""
+        key = (id(self.memory), len(self.memory), smoothing)
+        cached = self._reliability
+        now = time.monotonic()
+        if cached is None or cached[0] != key or now - cached[1] > RELIABILITY_TTL_S:
+            table = table_from_memory(self.memory, self.classifier.categories, smoothing)
+            cached = self._reliability = (key, now, table)
+        return cached[2]
 
     @classmethod
     def create(
@@ -242,6 +261,7 @@ def load_router(settings: DeploymentSettings) -> RouterResources:
     # Absent files mean "not trained yet"; a damaged or foreign one raises, never ignored.
     resources.verifier = load_verifier(router_dir, embedder.id)
     resources.combiners = load_combiners(router_dir)
+    resources.fusion = load_fusion(router_dir)
     resources.presets = checked_presets(load_presets(router_dir))
     resources.persist_outcomes = settings.persist_outcomes
     resources.runs = RunLedger(router_dir if settings.persist_outcomes else None)

@@ -14,6 +14,8 @@ LETTERS = "ABCDEFGHIJ"
 # a pattern the last match wins, because chain-of-thought text often mentions several
 # options before it concludes.
 _PATTERNS = (
+    # LaTeX's \boxed{...}, the usual way mathematical writing marks its final answer.
+    re.compile(r"\\boxed\{\s*(?:\\text\{)?\(?([A-J])\)?\s*\}?\s*\}"),
     re.compile(r"answer is:?\s*\(?\*{0,2}([A-J])\b\)?", re.IGNORECASE),
     re.compile(r"answer:\s*\(?\*{0,2}([A-J])\b\)?", re.IGNORECASE),
     re.compile(r"^\s*\(?([A-J])\)?[.):]?\s*$", re.MULTILINE),
@@ -50,3 +52,76 @@ def extract_choice(text: str | None, n_options: int = len(LETTERS)) -> str | Non
         if found:
             return found[-1]
     return None
+
+
+# --- answer keys: which answers say the same thing ---------------------------------------
+
+_FINAL = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*:?\s*(.+)", re.IGNORECASE)
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_WORDS = re.compile(r"[^\W_]+", re.UNICODE)
+# Answers longer than this are free-form: equal only by meaning (see `semantic_keys`).
+SHORT_ANSWER_WORDS = 12
+
+
+def _final_part(text: str) -> str:
+    found = _FINAL.findall(text)
+    if found:
+        return found[-1]
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _number_key(text: str) -> str | None:
+    numbers = _NUMBER.findall(text)
+    if not numbers:
+        return None
+    value = float(numbers[-1].replace(",", ""))
+    return f"number:{value:.12g}"
+
+
+def answer_key(query: str, answer: str | None, n_options: int | None = None) -> str | None:
+    """A key that equal answers share, or None when the answer commits to nothing
+    comparable: the option letter of a multiple-choice query; else the final number, or
+    the normalized final short text. Long free-form answers get None here and are grouped
+    by meaning instead (`semantic_keys`)."""
+    if not answer or not answer.strip():
+        return None
+    options = option_count(query) if n_options is None else n_options
+    if options:
+        letter = extract_choice(answer, options)
+        return f"option:{letter}" if letter else None
+    final = _final_part(answer)
+    words = _WORDS.findall(final.lower())
+    if not words:
+        return None
+    number = _number_key(final) if len(words) <= SHORT_ANSWER_WORDS else None
+    if number is not None:
+        return number
+    if len(words) <= SHORT_ANSWER_WORDS:
+        return "text:" + " ".join(words)
+    return None
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))  # unit vectors
+
+
+def semantic_keys(
+    vectors: list[list[float]] | None, keys: list[str | None], threshold: float = 0.9
+) -> list[str | None]:
+    """Keys for free-form answers (key None, a vector given): an answer joins the first
+    earlier one whose unit embedding is at least `threshold` similar, else starts its own
+    group. Answers that already have a key keep it."""
+    if vectors is None:
+        return list(keys)
+    out = list(keys)
+    anchors: list[tuple[int, list[float]]] = []
+    for i, (key, vector) in enumerate(zip(keys, vectors, strict=True)):
+        if key is not None or not vector:
+            continue
+        match = next((j for j, v in anchors if _cosine(v, vector) >= threshold), None)
+        if match is None:
+            anchors.append((i, vector))
+            match = i
+        out[i] = f"semantic:{match}"
+    return out

@@ -20,6 +20,7 @@ COMMANDS = {
     "graph": ("--format", "--out"),
     "eval": ("--dataset", "--limit", "--no-progress"),
     "feedback": ("--run-id", "--query-id", "--model", "--score"),
+    "serve": ("--router-dir", "--host", "--api-keys-file", "--api-keys-env"),
 }
 
 
@@ -67,11 +68,12 @@ def test_graph_command_renders_mermaid_and_dot(
     assert main(["graph", "--format", "mermaid"]) == 0
     mermaid = capsys.readouterr().out
     assert mermaid.startswith("graph TD;")
-    for node in ("classify", "predict", "invoke_model", "judge", "decide", "finalize", "record"):
+    nodes = ("classify", "predict", "invoke_model", "gather", "judge", "decide", "finalize")
+    for node in (*nodes, "record"):
         assert f"{node}[" in mermaid
-    assert "-.->|escalate, or next after a failure| invoke_model" in mermaid
+    assert "-.->|escalate: next stage| invoke_model" in mermaid
     assert main(["graph", "--format", "dot", "--out", str(tmp_path / "g.dot")]) == 0
-    assert '"invoke_model" -> "judge"' in (tmp_path / "g.dot").read_text()
+    assert '"gather" -> "judge"' in (tmp_path / "g.dot").read_text()
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")

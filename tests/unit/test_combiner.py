@@ -123,9 +123,12 @@ def test_book_saves_loads_and_names_missing_subsets(tmp_path: Path) -> None:
 # --- thresholds on judged traces ---------------------------------------------------------
 
 
-def _attempt(model: str, confidence: float, cost: float) -> AttemptView:
+def _attempt(model: str, confidence: float, cost: float, stage: int) -> AttemptView:
     return AttemptView(
         model=model,
+        stage=stage,
+        answer_key=None,
+        reliability=None,
         status="answered",
         confidence=confidence,
         cost_usd=cost,
@@ -138,8 +141,9 @@ def _attempt(model: str, confidence: float, cost: float) -> AttemptView:
 def _event(attempts: list[AttemptView], next_model: str | None, next_cost: float) -> DecidedEvent:
     view = CascadeView(
         attempts=attempts,
-        next_model=next_model,
+        next_models=[next_model] if next_model else [],
         next_cost_usd=next_cost if next_model else None,
+        n_options=0,
     )
     return DecidedEvent(
         model=attempts[-1]["model"],
@@ -158,8 +162,8 @@ def _traces(conf: list[tuple[float, float]], right: list[tuple[float, float]]) -
     """Two-level never-stop traces: "cheap" ($1) then "strong" ($2)."""
     queries = []
     for i, ((c1, c2), (r1, r2)) in enumerate(zip(conf, right, strict=True)):
-        first = _attempt("cheap", c1, 1.0)
-        second = _attempt("strong", c2, 2.0)
+        first = _attempt("cheap", c1, 1.0, 0)
+        second = _attempt("strong", c2, 2.0, 1)
         events = (_event([first], "strong", 2.0), _event([first, second], None, 0.0))
         queries.append(QueryTrace(f"q{i}", events, {"cheap": r1, "strong": r2}))
     return JudgedTraces(("j",), tuple(queries))

@@ -358,3 +358,57 @@ async def test_failover_reaches_the_rest_of_the_pool(synthetic_records: RecordSe
     )
     assert result["answer"] is None
     assert sorted(result["escalation_path"]) == sorted(synthetic.MODELS)
+
+
+PLAN = {"*": [["tiny", "small"], ["mid"], ["large"]]}
+FUSED = {"stages": PLAN, "fusion": "vote", "max_levels": 6}
+
+
+async def test_a_stage_calls_its_models_at_once_and_fuses_their_answers(
+    tiny_resources: RouterResources, synthetic_records: RecordSet
+) -> None:
+    record = _tests(synthetic_records)[3]
+    result = await _ask(tiny_resources, record, stop_early=False, **FUSED)
+    assert result["escalation_path"] == ["tiny", "small", "mid", "large"]
+    events = _events(result)
+    # Both models of the first stage are called before anything is decided.
+    assert events[1:3] == ["invoking", "invoking"] and events[3] == "decided"
+    decided = decided_events(result["trace"])
+    assert len(decided) == 3  # one decision per stage
+    assert [a["stage"] for a in decided[-1]["view"]["attempts"]] == [0, 0, 1, 2]
+    attempts = decided[-1]["view"]["attempts"]
+    assert all(a["answer_key"] and a["answer_key"].startswith("option:") for a in attempts)
+    assert all(0 < (a["reliability"] or 0) < 1 for a in attempts)
+    # The returned answer is the fused vote's representative.
+    fused = policy.fuse(decided[-1]["view"])
+    assert fused is not None
+    assert result["model"] == attempts[fused.chosen]["model"]
+    assert result["confidence"] == pytest.approx(fused.confidence)
+
+
+async def test_replay_of_parallel_stages_and_fusion_decides_like_the_graph(
+    tiny_resources: RouterResources, synthetic_records: RecordSet
+) -> None:
+    graph = make_graph(tiny_resources)
+    compared = 0
+    for record in _tests(synthetic_records, 10):
+        recorded = await _ask(tiny_resources, record, stop_early=False, **FUSED)
+        views = policy.views_of(decided_events(recorded["trace"]))
+        for threshold, budget in itertools.product((0.3, 0.6, 0.9, 0.99), (None, 1.5e-4)):
+            context = Context(
+                escalation_threshold=threshold,
+                budget_usd=budget,
+                record_outcomes=False,
+                **LEARNED,
+                **FUSED,
+            )
+            live = await graph.ainvoke(
+                {"query": record.query, "record_id": record.id}, context=context
+            )
+            replayed = policy.replay(views, policy.PolicySettings.from_context(context))
+            assert (replayed.model, replayed.attempts, round(replayed.spent_usd, 12)) == (
+                _outcome(live)
+            ), (record.id, threshold, budget)
+            assert replayed.confidence == pytest.approx(live["confidence"])
+            compared += 1
+    assert compared == 80

@@ -82,3 +82,12 @@ async def test_the_failover_fallback_stays_within_the_allowed_models(
     )
     assert free["model"] == "large"
     assert set(free["escalation_path"]) <= {"tiny", "small", "large"}
+
+
+async def test_a_fixed_plan_keeps_to_the_allowed_models(synthetic_records: RecordSet) -> None:
+    graph = make_graph(synthetic.make_resources(synthetic_records))
+    stages = {"*": [["tiny", "small"], ["large"]]}
+    context = Context(stages=stages, models=("small", "large"), escalation_threshold=1.0)
+    for record in synthetic_records.split("test")[:6]:
+        result = await graph.ainvoke({"query": record.query}, context=context)
+        assert set(result["escalation_path"]) == {"small", "large"}

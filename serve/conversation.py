@@ -30,14 +30,18 @@ class ConversationError(ValueError):
     """A conversation the router cannot answer (says why)."""
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def conversation_query(turns: Sequence[tuple[str, str]]) -> str:
     """The query for `(role, text)` turns (see the module's docstring)."""
     if not turns:
         raise ConversationError("messages: empty; send at least one user message")
     if turns[-1][0] != "user":
         raise ConversationError(
-            f"messages: the last message is a {turns[-1][0]} message; the router answers "
-            f"a user turn. Fix: end the conversation with the user's message."
+            f"messages: the last message is {_article(turns[-1][0])} {turns[-1][0]} message; the "
+            f"router answers a user turn. Fix: end the conversation with the user's message."
         )
     if not turns[-1][1].strip():
         raise ConversationError("messages: the last user message has no text")

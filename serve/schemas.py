@@ -8,13 +8,11 @@ work, and documented as not applied: each pool model runs with its pool settings
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from emafusion.graph.context import DEPLOYMENT_SETTINGS
-
-Role = Literal["system", "developer", "user", "assistant"]
 
 
 def _refuse_deployment_settings(data: Any) -> Any:
@@ -32,46 +30,51 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
-class ContentPart(Strict):
-    type: str = Field(max_length=64)
-    text: str | None = None
+class TextPart(Strict):
+    """A content part; only text is routed (no images, audio or files)."""
 
-    @model_validator(mode="after")
-    def _text_only(self) -> ContentPart:
-        if self.type != "text" or self.text is None:
-            raise ValueError(
-                f"content part of type {self.type!r}: only text parts "
-                f"({{'type': 'text', 'text': ...}}) are supported"
-            )
-        return self
+    type: Literal["text"]
+    text: str
 
 
-class ChatMessage(Strict):
-    role: Role
-    content: str | list[ContentPart] | None = None
+Content = str | list[TextPart]
+
+
+class MessageBase(Strict):
     name: str | None = Field(default=None, max_length=256)
-    # What an SDK echoes back from an earlier reply; accepted when empty.
-    refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    function_call: dict[str, Any] | None = None
-    audio: dict[str, Any] | None = None
-    annotations: list[dict[str, Any]] | None = None
-
-    @model_validator(mode="after")
-    def _no_tools(self) -> ChatMessage:
-        if self.tool_calls or self.function_call:
-            raise ValueError("tool calls are not supported by the router")
-        if self.role != "assistant" and self.content is None:
-            raise ValueError(f"a {self.role} message needs content")
-        return self
 
     @property
     def text(self) -> str:
-        if self.content is None:
+        content: Content | None = getattr(self, "content", None)
+        if content is None:
             return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text or "" for part in self.content)
+        if isinstance(content, str):
+            return content
+        return "".join(part.text for part in content)
+
+
+class SystemMessage(MessageBase):
+    role: Literal["system", "developer"]
+    content: Content
+
+
+class UserMessage(MessageBase):
+    role: Literal["user"]
+    content: Content
+
+
+class AssistantMessage(MessageBase):
+    role: Literal["assistant"]
+    content: Content | None = None
+    # What an SDK echoes back from an earlier reply; accepted when empty (no tool calls).
+    refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, max_length=0)
+    function_call: None = None
+    audio: None = None
+    annotations: list[dict[str, Any]] | None = None
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
 
 
 class StreamOptions(Strict):
@@ -91,8 +94,11 @@ class ChatCompletionRequest(Strict):
         max_length=200,
         description="'emafusion' (the default preset), 'emafusion-<preset>', or a pool model "
         "(routed to that model alone); GET /v1/models lists them.",
+        examples=["emafusion"],
     )
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(
+        min_length=1, examples=[[{"role": "user", "content": "Which gas do plants absorb?"}]]
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
 

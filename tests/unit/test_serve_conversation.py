@@ -29,7 +29,7 @@ def test_a_longer_conversation_is_a_transcript_ending_with_the_user() -> None:
     assert conversation_query(turns) == (
         "System: Be brief.\n\nSystem: Letters only.\n\nUser: Q1\n\nAssistant: A1\n\nUser: Q2"
     )
-    with pytest.raises(ConversationError, match="last message is a assistant"):
+    with pytest.raises(ConversationError, match="last message is an assistant"):
         conversation_query(turns[:-1])
     with pytest.raises(ConversationError, match="no text"):
         conversation_query([("user", "  ")])

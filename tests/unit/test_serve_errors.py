@@ -83,12 +83,12 @@ def _ok_body(query: str = "q") -> dict[str, Any]:
                 "messages": [{"role": "user", "content": [{"type": "image_url"}]}],
             },
             "invalid_request",
-            "only text parts",
+            "messages.0.user.content",
         ),
         (
             {"model": "emafusion", "messages": [{"role": "assistant", "content": "hi"}]},
             "invalid_messages",
-            "last message is a assistant",
+            "last message is an assistant",
         ),
         (
             {"model": "emafusion", "messages": [{"role": "user", "content": "q"}] * 5},

@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -38,6 +39,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+# At module level: FastAPI resolves the endpoint's (string) annotations in these globals.
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 200
 
@@ -45,10 +50,8 @@ WARMUP = 200
 # ------------------------------------------------------------------ the baseline server
 
 
-def direct_app(dataset: str, data_dir: Path | None, model: str | None) -> Any:
+def direct_app(dataset: str, data_dir: Path | None, model: str | None) -> FastAPI:
     """The replay model behind the same endpoint shape, without the router."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, StreamingResponse
     from langchain_core.messages import HumanMessage
 
     from emafusion.serve.completions import completion, completion_chunks
@@ -65,8 +68,10 @@ def direct_app(dataset: str, data_dir: Path | None, model: str | None) -> Any:
     app = FastAPI()
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest) -> Any:
+    async def chat_completions(request: Request) -> Any:
         started = time.perf_counter()
+        # The same parsing and validation as the router's endpoint.
+        body = ChatCompletionRequest.model_validate(await request.json())
         reply = await chat.ainvoke([HumanMessage(body.messages[-1].text)])
         usage = reply.usage_metadata or {"input_tokens": 0, "output_tokens": 0}
         cost = float(reply.response_metadata.get("cost_usd", 0.0))
@@ -173,8 +178,11 @@ async def _one(client: httpx.AsyncClient, body: dict[str, Any], run: Run) -> Non
         run.overheads_ms.append(float(info.get("overhead_ms", 0.0)))
 
 
-async def load(url: str, queries: list[str], model: str, n: int, clients: int) -> Run:
-    """`clients` workers with a connection each, `n` requests, every second one a stream."""
+async def load(
+    url: str, queries: list[str], model: str, n: int, clients: int, offset: int = 0
+) -> Run:
+    """`clients` workers with a connection each, `n` requests, every second one a stream;
+    the queries from `offset` on (wrapping around)."""
     run = Run()
     counter = iter(range(n))
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -182,7 +190,8 @@ async def load(url: str, queries: list[str], model: str, n: int, clients: int) -
     async def worker() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as client:
             for i in counter:
-                await _one(client, _body(queries[i % len(queries)], model, i % 2 == 1), run)
+                query = queries[(offset + i) % len(queries)]
+                await _one(client, _body(query, model, i % 2 == 1), run)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -207,8 +216,9 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def start(cmd: list[str], port: int, log: Path, cache: Path) -> subprocess.Popen[bytes]:
+    # An empty embedding cache: a query the server has not seen is embedded (and cached).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EMAFUSION_CACHE_DIR": str(cache)}
     out = log.open("wb")
     process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     deadline = time.monotonic() + 900
@@ -241,10 +251,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 def embedding_ms(queries: list[str], n: int) -> list[float]:
+    """MiniLM on one query at a time, without the cache (what a new query costs)."""
     from emafusion.stores.embeddings import default_embedder
     from emafusion.stores.recordings import routing_text
 
-    embedder = default_embedder()
+    embedder = default_embedder(cache=False)
     embedder.embed([routing_text(queries[0])])  # load
     times = []
     for query in queries[:n]:
@@ -283,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     from emafusion.stores.recordings import load_dataset
 
     records = load_dataset(dataset=args.dataset, data_dir=args.data_dir)
-    queries = [r.query for r in records.split("test")]
+    queries = [r.query for r in records.records]
+    random.Random(0).shuffle(queries)
     work = Path(tempfile.mkdtemp(prefix="emafusion-bench-serve-"))
     router_dir = args.router_dir or work / "router"
     data_args = ["--data-dir", str(args.data_dir)] if args.data_dir else []
@@ -309,22 +321,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# emafusion serve load benchmark ({args.dataset} recordings, replay pool)")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}; {len(queries)} test queries; {args.clients} clients, "
-        f"{args.requests} requests (every second one streamed), warm-up {WARMUP}"
+        f"{platform.python_version()}; load average {os.getloadavg()[0]:.1f} at start; "
+        f"{len(queries)} recorded queries (all splits, shuffled), in order, then again"
+    )
+    seen_before = WARMUP + args.single
+    fresh = max(0, min(args.requests, len(queries) - seen_before))
+    print(
+        f"{args.clients} clients, {args.requests} requests (every second one streamed), warm-up "
+        f"{WARMUP}; {fresh} of the {args.requests} are queries the server has not seen (the "
+        f"rest hit its embedding cache)"
     )
     runs: dict[str, tuple[Run, Run]] = {}
     rss: dict[str, tuple[float, float, float]] = {}
     for name, (cmd, port, model) in servers.items():
-        process = start(cmd, port, work / f"{name}.log")
+        process = start(cmd, port, work / f"{name}.log", work / f"cache-{name}")
         try:
             url = f"http://127.0.0.1:{port}"
             asyncio.run(load(url, queries, model, WARMUP, args.clients))
             before = rss_mib(process.pid)
-            single = asyncio.run(load(url, queries, model, args.single, 1))
-            loaded = asyncio.run(load(url, queries, model, args.requests, args.clients))
+            single = asyncio.run(load(url, queries, model, args.single, 1, WARMUP))
+            start_at = WARMUP + args.single
+            loaded = asyncio.run(load(url, queries, model, args.requests, args.clients, start_at))
             after = rss_mib(process.pid)
-            # A second pass of the same load: memory must not keep growing past warm-up.
-            asyncio.run(load(url, queries, model, args.requests // 5, args.clients))
+            # More of the same load: memory must not keep growing past warm-up.
+            more = start_at + args.requests
+            asyncio.run(load(url, queries, model, args.requests // 5, args.clients, more))
             rss[name] = (before, after, rss_mib(process.pid))
             runs[name] = (single, loaded)
         finally:

@@ -265,6 +265,32 @@ def embedding_ms(queries: list[str], n: int) -> list[float]:
     return times
 
 
+def in_process_ms(args: argparse.Namespace, router_dir: Path, queries: list[str]) -> list[float]:
+    """The same graph run in this process (no HTTP, no server): what routing itself costs.
+    The queries and the (fresh) embedding cache are those of the one-client run."""
+    import faiss
+
+    from emafusion.graph import Context, make_graph
+    from emafusion.nodes.resources import DeploymentSettings, load_router
+
+    faiss.omp_set_num_threads(1)  # as `emafusion serve` does
+    resources = load_router(
+        DeploymentSettings(dataset=args.dataset, router_dir=router_dir, data_dir=args.data_dir)
+    )
+    graph = make_graph(resources)
+
+    async def run() -> list[float]:
+        times = []
+        for i, query in enumerate(queries):
+            started = time.perf_counter()
+            await graph.ainvoke({"query": query}, context=Context())
+            if i >= 20:  # the first calls warm the graph up
+                times.append((time.perf_counter() - started) * 1000.0)
+        return times
+
+    return asyncio.run(run())
+
+
 def row(name: str, run: Run) -> str:
     done = len(run.latencies_ms)
     return (
@@ -351,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop(process)
     embed = embedding_ms(queries, 200)
+    os.environ["EMAFUSION_CACHE_DIR"] = str(work / "cache-in-process")
+    single_queries = queries[WARMUP - 20 : WARMUP + args.single]
+    graph_ms = in_process_ms(args, router_dir, single_queries)
 
     print(f"\n| server | requests | errors | req/s | p50 ms | p99 ms |  ({args.clients} clients)")
     print("|---|---|---|---|---|---|")
@@ -369,6 +398,17 @@ def main(argv: list[str] | None = None) -> int:
             f"| {label} | {pct(r, 50) - pct(b, 50):.1f} | {pct(r, 99) - pct(b, 99):.1f} | "
             f"{pct(r, 50) / pct(b, 50):.2f} | {pct(r, 99) / pct(b, 99):.2f} |"
         )
+    r, b = runs["router"][0].latencies_ms, runs["baseline"][0].latencies_ms
+    print(
+        f"| 1 client: the graph in-process, no HTTP | {pct(graph_ms, 50) - pct(b, 50):.1f} | "
+        f"{pct(graph_ms, 99) - pct(b, 99):.1f} | {pct(graph_ms, 50) / pct(b, 50):.2f} | "
+        f"{pct(graph_ms, 99) / pct(b, 99):.2f} |"
+    )
+    print(
+        f"\nthe graph in-process (1 client, same queries, fresh embedding cache): p50 "
+        f"{pct(graph_ms, 50):.1f} ms, p99 {pct(graph_ms, 99):.1f} ms; served over HTTP: p50 "
+        f"{pct(r, 50):.1f} ms, p99 {pct(r, 99):.1f} ms"
+    )
     overheads = runs["router"][0].overheads_ms
     print(
         f"\nrouter's own overhead (graph outside model/judge calls, 1 client): "

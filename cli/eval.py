@@ -13,6 +13,7 @@ from tqdm import tqdm
 from emafusion.cli.sources import add_source_args, load_records, pool_for, taxonomy_for
 from emafusion.evals.experiment import Evaluation, limit_records
 from emafusion.evals.report import markdown, write_results
+from emafusion.stores.artifacts import default_router_dir
 from emafusion.stores.embeddings import default_embedder
 from emafusion.stores.pool import PoolError
 
@@ -44,6 +45,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         taxonomy=taxonomy_for(args, records),
         concurrency=args.concurrency,
         progress=None if args.no_progress else _progress,
+        router_dir=args.router_dir or default_router_dir(records.name),
     )
     results = asyncio.run(evaluation.run(args.split))
     results["wall_s"] = round(time.perf_counter() - started, 1)
@@ -62,6 +64,12 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--taxonomy", type=Path)
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument("--out", type=Path, help="default: results/<dataset>/")
+    parser.add_argument(
+        "--router-dir",
+        type=Path,
+        help="where the evaluated router (memory, classifier, fusion model, presets) is "
+        "written for serving (default: the user cache, where `ask` and the server look)",
+    )
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
         "--limit",

@@ -9,7 +9,7 @@ from emafusion.cli.sources import deployment_from_args
 from emafusion.nodes.resources import RouterDirectory
 from emafusion.serve.server import run_server
 from emafusion.serve.settings import ServeSettings, check_bind, load_api_keys
-from emafusion.stores.download import DATASETS
+from emafusion.stores.recordings import DATASETS
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

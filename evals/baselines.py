@@ -1,5 +1,6 @@
 """Rows of the results table and the baselines computed from recordings alone: single
-models, random, oracle, and the two-cheap-models disagreement cascade.
+models, random, oracle, the fixed agreement cascade (two cheap models, the strong one on
+disagreement) and the vote of the top models.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from emafusion.evals.metrics import Point
-from emafusion.stores.answers import extract_choice
+from emafusion.stores.answers import answer_key
 from emafusion.stores.cost import COST_RECORDED
 from emafusion.stores.pool import Pool
 from emafusion.stores.providers import recorded_call_cost
@@ -30,6 +31,8 @@ class Row:
     overhead_ms_p50: float | None
     correct: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     note: str = ""
+    # (accuracy, USD per 1k) where the point was chosen (train + validation), for presets.
+    selection: tuple[float, float] | None = None
 
     def as_json(self) -> dict[str, Any]:
         out = {
@@ -45,6 +48,9 @@ class Row:
         }
         if self.note:
             out["note"] = self.note
+        if self.selection is not None:
+            out["selection_accuracy"] = round(self.selection[0], 4)
+            out["selection_cost_per_1k_usd"] = round(self.selection[1], 4)
         return out
 
     @property
@@ -80,7 +86,7 @@ class Matrices:
                 _, usd, source = recorded_call_cost(pool.get(model).prices, record.query, outcome)
                 recorded &= source == COST_RECORDED
                 score[i, j], cost[i, j] = outcome.score, usd
-                letters.append(extract_choice(outcome.response))
+                letters.append(answer_key(record.query, outcome.response))
             choice.append(letters)
         return cls(list(records), models, score, cost, choice, recorded)
 
@@ -160,10 +166,28 @@ class Matrices:
                 escalated[i] = 1.0
         return correct, cost, escalated
 
+    def vote(self, models: Sequence[int], order: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Every model in `models` answers; the most common answer wins, ties going to the
+        answer of the model first in `order` (the most accurate first)."""
+        correct = np.zeros(len(self.records))
+        cost = np.nan_to_num(self.cost[:, list(models)], nan=0.0).sum(axis=1)
+        rank = {j: r for r, j in enumerate(order)}
+        for i in range(len(self.records)):
+            votes: dict[str, list[int]] = {}
+            for j in models:
+                key = self.choice[i][j]
+                if key is not None:
+                    votes.setdefault(key, []).append(j)
+            if not votes:
+                continue
+            winner = max(votes.values(), key=lambda js: (len(js), -min(rank[j] for j in js)))
+            correct[i] = np.nan_to_num(self.score[i, min(winner, key=lambda j: rank[j])])
+        return correct, cost
+
 
 def choose_disagreement_pair(val: Matrices, best: int, budget_per_1k: float) -> tuple[int, int]:
-    """The pair of cheaper models whose disagreement cascade is most accurate on validation
-    within the best model's cost."""
+    """The pair of cheaper models whose disagreement cascade is most accurate on these
+    (train) queries within the best model's cost."""
     mean_cost = np.nanmean(val.cost, axis=0)
     cheaper = [j for j in range(len(val.models)) if j != best and mean_cost[j] < mean_cost[best]]
     best_pair, best_key = (cheaper[0], cheaper[1]), (-1.0, 0.0)
@@ -179,5 +203,3 @@ def choose_disagreement_pair(val: Matrices, best: int, budget_per_1k: float) -> 
 def complete(records: Sequence[Record], pool: Pool) -> list[Record]:
     """Queries every pool model has a recording of (the headline population)."""
     return [r for r in records if all(m in r.outcomes for m in pool.names)]
-
-

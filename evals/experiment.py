@@ -1,82 +1,75 @@
-"""The evaluation: the paper's experiments on the recordings, through the real graph.
+"""The evaluation: the router fitted on train, its operating points chosen on cross-fitted
+train (+ validation for each one's threshold), then the test split touched once.
 
-Fit on train (memory, classifier), choose every threshold on validation, then touch the
-test split once: single models and baselines from the recordings, router rows by running
-the compiled graph over every test query.
+Phases (each timed, one progress bar where long):
+1. fit: memory and category classifier on train (the classifier calibrated on validation);
+2. signals: every query's category probabilities, answer keys and costs, cross-fitted on
+   train (one embedding pass, cached);
+3. presets: staged fusion plans and their thresholds (`train.fusion_search`), written with
+   the fusion model into the router directory: the evaluated router is the served one;
+4. baselines from the recordings: single models, random, oracle, zero-router hull, the
+   fixed agreement cascade, the vote of the top models;
+5. the presets on test through the real graph (headline rows), beside the policy's replay
+   of the same queries (they must agree); curves and ablations replayed through the
+   policy; per-category figures; every test query with missing recordings (failover).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from langgraph.graph.state import CompiledStateGraph
 
 from emafusion.evals.baselines import Matrices, Row, choose_disagreement_pair, complete
-from emafusion.evals.metrics import aiq, apgr, bootstrap_gain, cpt, hull_value, upper_hull
-from emafusion.evals.readoff import read_off_row, router_row
+from emafusion.evals.readoff import router_row
+from emafusion.evals.summary import summarize
 from emafusion.graph.context import Context
 from emafusion.graph.router import make_graph
-from emafusion.nodes.policy import PolicySettings
 from emafusion.nodes.resources import RouterResources
-from emafusion.stores.artifacts import build_router_artifacts, embed_records
+from emafusion.stores.artifacts import RouterArtifacts, build_router_artifacts
 from emafusion.stores.embeddings import Embedder
 from emafusion.stores.pool import Pool
+from emafusion.stores.presets import Preset, PresetBook
 from emafusion.stores.recordings import Record, RecordSet
 from emafusion.stores.taxonomy import Taxonomy
-from emafusion.train.combiner import fit_book
+from emafusion.train import fusion_traces as ft
+from emafusion.train.fusion import PlanTraces, Point, threshold_grid
+from emafusion.train.fusion_search import Chosen, describe, fit_presets, single_figures
 from emafusion.train.graph_runs import QueryResult, run_graph
-from emafusion.train.traces import JudgedTraces
-from emafusion.train.verifier import train_verifier
 
-# Validation grid. Each (levels, floor, margin) cell is one graph run in which escalation
-# never stops early; every threshold is then read off its judged trace through the decision
-# policy (`read_off_row`), which is exactly where the graph would have stopped.
-THRESHOLD_GRID = tuple(round(0.30 + 0.01 * i, 2) for i in range(70))
-LEVEL_GRID = (2, 3)
-FLOOR_GRID = (0.0, 0.5, 0.65)
-MARGIN_GRID = (0.1, 0.3, 1.0)
-# Cost weights (success probability per $ per 1k queries) for the router's trade-off curve.
-COST_WEIGHTS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-# Thresholds of the sweep; None: never stop early (the most confident of every level).
-SWEEP: tuple[float | None, ...] = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, None)
-# Every offline judge; the learned combiner weighs them (see stores/combiner.py).
-JUDGES = ("memory_prior", "answer_format", "agreement", "verifier")
-MODES: dict[str, dict[str, Any]] = {
-    # Always trust the taxonomy's top category; never consult the memory.
-    "taxonomy-only": {"taxonomy_threshold": 0.0, "refine_with_memory": False},
-    # Never trust the taxonomy: the learned router decides every query.
-    "learned-only": {"taxonomy_threshold": 1.01},
-    # The design: a confident taxonomy picks the models, the memory orders them.
-    "hybrid": {},
-}
+FOLDS = 5
+SMOOTHING = 10.0
+TAXONOMY_THRESHOLD = 0.8
+TOP_K_VOTE = 3
+# Queries the non-default presets run through the graph, to check their replayed rows.
+GRAPH_CHECK_QUERIES = 300
+Progress = Callable[[str, int], Callable[[int], None]]
 
 
 @dataclass
-class OperatingPoint:
-    threshold: float
-    max_levels: int
-    min_p_success: float
-    suitability_margin: float
-    accuracy: float
-    cost_per_1k_usd: float
+class Phases:
+    """Wall time per phase, for the closing line."""
 
-    def settings(self) -> dict[str, Any]:
-        return {
-            "escalation_threshold": self.threshold,
-            "max_levels": self.max_levels,
-            "min_p_success": self.min_p_success,
-            "suitability_margin": self.suitability_margin,
-        }
+    log: Callable[[str], None]
+    seconds: dict[str, float] = field(default_factory=dict)
 
-    def describe(self) -> str:
-        return (
-            f"threshold {self.threshold}, max levels {self.max_levels}, floor "
-            f"{self.min_p_success}, suitability margin {self.suitability_margin}"
-        )
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.log(f"[{name}] ...")
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - started
+        self.log(f"[{name}] {self.seconds[name]:.1f} s")
+
+    def closing_line(self) -> str:
+        return "phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
 
 
 @dataclass
@@ -86,18 +79,17 @@ class Evaluation:
     embedder: Embedder
     taxonomy: Taxonomy
     concurrency: int = 4
-    limit: int | None = None
-    progress: Callable[[str, int], Callable[[int], None]] | None = None
+    progress: Progress | None = None
     log: Callable[[str], None] = print
+    router_dir: Path | None = None
     resources: RouterResources | None = None
     graph: CompiledStateGraph | None = None
+    artifacts: RouterArtifacts | None = None
 
-    def build(self) -> RouterResources:
-        self.log(
-            f"fitting memory, classifier and verifier on {self.records.name} train; "
-            f"calibrating the classifier on validation"
-        )
-        artifacts = build_router_artifacts(
+    # --- phases ------------------------------------------------------------------------
+
+    def fit(self) -> RouterResources:
+        self.artifacts = build_router_artifacts(
             self.records,
             self.embedder,
             self.taxonomy,
@@ -106,133 +98,161 @@ class Evaluation:
             calibrate_on="validation",
         )
         self.resources = RouterResources.create(
-            self.pool, artifacts, self.embedder, self.taxonomy, self.records
+            self.pool, self.artifacts, self.embedder, self.taxonomy, self.records, self.router_dir
         )
-        train = self.records.split("train")
-        self.resources.verifier = train_verifier(
-            train, embed_records(train, self.embedder), artifacts.memory, self.embedder.id
-        )
-        # The graph reads the resources at each run, so combiners fitted later are used.
+        # The graph reads the resources at each run: the fusion model and presets fitted
+        # below are what it runs.
         self.graph = make_graph(self.resources)
         return self.resources
 
-    def context(self, **settings: Any) -> Context:
-        settings = {"judges": JUDGES, "combiner": "learned", **settings}
-        return Context(record_outcomes=False, **settings)
-
-    @staticmethod
-    def policy_settings(context: Context, threshold: float | None) -> PolicySettings:
-        """The policy at `threshold` (None: never stop early) for runs under `context`."""
-        base = PolicySettings.from_context(context)
-        if threshold is None:
-            return replace(base, stop_early=False)
-        return replace(base, threshold=threshold, stop_early=True)
-
-    async def fit_combiners(self, val_records: list[Record]) -> None:
-        """One calibrated combiner per judge subset, on validation answers at every level."""
-        assert self.resources is not None
-        results = await self._run(
-            "validation judge signals",
-            val_records,
-            self.context(combiner="static", stop_early=False, max_levels=3),
-            keep_trace=True,
+    def signals(
+        self, train: list[Record], others: Sequence[list[Record]]
+    ) -> tuple[list[ft.QuerySignals], list[list[ft.QuerySignals]]]:
+        assert self.resources is not None and self.artifacts is not None
+        everything = [*train, *(r for rs in others for r in rs)]
+        vectors = ft.routing_vectors(everything, self.resources)
+        fold = [ft.fold_of(r.id, FOLDS) for r in train]
+        classifiers = ft.fold_classifiers(
+            self.artifacts.classifier,
+            vectors[: len(train)],
+            [r.category for r in train],
+            fold,
+            FOLDS,
         )
-        traces = JudgedTraces.from_traces(val_records, [r.trace for r in results], JUDGES)
-        self.resources.combiners = fit_book(traces.signals())
-
-    def _subset(self, records: list[Record]) -> list[Record]:
-        return records[: self.limit] if self.limit else records
+        # Reliabilities from the whole train split, for train queries too: a query's own
+        # outcome is one of some hundred in its category's accuracy, while fold tables would
+        # shift every threshold between selection and serving.
+        table = self.resources.reliability_table(SMOOTHING)
+        train_signals = ft.query_signals(
+            train, vectors[: len(train)], self.resources, classifiers, table, fold
+        )
+        out, start = [], len(train)
+        for records in others:
+            block = vectors[start : start + len(records)]
+            out.append(
+                ft.query_signals(records, block, self.resources, self.artifacts.classifier, table)
+            )
+            start += len(records)
+        return train_signals, out
 
     async def _run(
-        self, label: str, records: Sequence[Record], context: Context, keep_trace: bool = False
+        self, label: str, records: Sequence[Record], context: Context
     ) -> list[QueryResult]:
-        assert self.graph is not None, "build() first"
+        assert self.graph is not None
         tick = self.progress(label, len(records)) if self.progress else None
-        return await run_graph(self.graph, records, context, self.concurrency, tick, keep_trace)
+        return await run_graph(self.graph, records, context, self.concurrency, tick)
 
-    async def validation_grid(self, val_records: list[Record]) -> list[OperatingPoint]:
-        grid = []
-        for levels, floor, margin in itertools.product(LEVEL_GRID, FLOOR_GRID, MARGIN_GRID):
-            settings = {
-                "max_levels": levels,
-                "min_p_success": floor,
-                "suitability_margin": margin,
-                "stop_early": False,
-            }
-            context = self.context(**settings)
-            results = await self._run(
-                f"validation levels={levels} floor={floor} margin={margin}",
-                val_records,
-                context,
-                keep_trace=True,
-            )
-            for threshold in THRESHOLD_GRID:
-                at = self.policy_settings(context, threshold)
-                row = read_off_row("validation", results, val_records, at)
-                grid.append(
-                    OperatingPoint(
-                        threshold, levels, floor, margin, row.accuracy, row.cost_per_1k_usd
-                    )
-                )
-        return grid
-
-    async def choose_operating_points(
-        self, val_records: list[Record], best_single: Row
-    ) -> tuple[OperatingPoint, OperatingPoint, list[OperatingPoint]]:
-        """Full router settings chosen on validation.
-
-        Main: the most accurate within the best single model's cost. Cheap: the cheapest
-        that matches the best single model's accuracy (else the most accurate at half its
-        cost).
-        """
-        grid = await self.validation_grid(val_records)
-        within = [p for p in grid if p.cost_per_1k_usd <= best_single.cost_per_1k_usd]
-        main = max(within or grid, key=lambda p: (p.accuracy, -p.cost_per_1k_usd))
-        matching = [p for p in grid if p.accuracy >= best_single.accuracy]
-        if matching:
-            cheap = min(matching, key=lambda p: (p.cost_per_1k_usd, -p.accuracy))
-        else:
-            half = [p for p in grid if p.cost_per_1k_usd <= 0.5 * best_single.cost_per_1k_usd]
-            cheap = max(half or grid, key=lambda p: (p.accuracy, -p.cost_per_1k_usd))
-        return main, cheap, grid
+    # --- the run -------------------------------------------------------------------------
 
     async def run(self, split: str = "test") -> dict[str, Any]:
-        if self.resources is None:
-            self.build()
+        phases = Phases(self.log)
         pool = self.pool
-        val_all = self.records.split("validation")
-        val = self._subset(complete(val_all, pool))
-        test_all = self._subset(self.records.split(split))
+        with phases("fit"):
+            resources = self.fit()
+        train = complete(self.records.split("train"), pool)
+        val = complete(self.records.split("validation"), pool)
+        test_all = self.records.split(split)
         test = complete(test_all, pool)
         self.log(
             f"{split}: {len(test_all):,} queries, {len(test):,} with every pool model recorded "
-            f"(headline); validation: {len(val):,}"
+            f"(headline); train {len(train):,}, validation {len(val):,} (complete)"
         )
-
-        # --- choices on validation ----------------------------------------------------------
-        val_m = Matrices.build(val, pool)
-        val_singles = val_m.single_rows()
-        val_best = max(val_singles, key=lambda r: r.accuracy)
-        await self.fit_combiners(val)
-        main, cheap, grid = await self.choose_operating_points(val, val_best)
-        best_j = pool.names.index(val_best.name)
-        pair = choose_disagreement_pair(val_m, best_j, val_best.cost_per_1k_usd)
-        self.log(
-            f"validation: best single {val_best.name} {val_best.accuracy:.4f} at "
-            f"${val_best.cost_per_1k_usd:.3f}/1k; full router: {main.describe()} "
-            f"(val {main.accuracy:.4f} at ${main.cost_per_1k_usd:.3f}/1k); cheap: "
-            f"{cheap.describe()} (val {cheap.accuracy:.4f} at ${cheap.cost_per_1k_usd:.3f}/1k)"
+        with phases("signals"):
+            s_train, (s_val, s_test) = self.signals(train, [val, test])
+        # The reference single model is chosen on train + validation, never on test.
+        best = max(pool.names, key=lambda m: single_figures([*s_train, *s_val], m)[0])
+        with phases("presets"):
+            model, chosen, search = fit_presets(
+                s_train, s_val, resources, best, TAXONOMY_THRESHOLD, SMOOTHING, self.log
+            )
+        resources.fusion = model
+        resources.presets = PresetBook(
+            {
+                c.name: Preset(c.name, c.settings(TAXONOMY_THRESHOLD), self._provenance(c))
+                for c in chosen
+            }
         )
+        with phases("baselines"):
+            rows = self._baselines(train, test, best)
+            recorded_cost = Matrices.build(test, pool).recorded_cost
+        with phases("graph"):
+            router_rows, drift, default_results = await self._presets_on_test(
+                chosen, test, s_test
+            )
+        rows += router_rows
+        with phases("curves"):
+            sweep, ablations = self._curves(chosen, s_test, model)
+        rows += ablations
+        with phases("failover"):
+            # The queries some model has no recording of, through the graph; the complete
+            # ones answer as in the default's run.
+            incomplete = [r for r in test_all if not all(m in r.outcomes for m in pool.names)]
+            extra = await self._run(
+                "default, queries with missing recordings",
+                incomplete,
+                Context(record_outcomes=False),
+            )
+            everything = router_row(
+                "default, all queries",
+                [*default_results, *extra],
+                note="missing recordings act as provider failures; the router fails over",
+            )
+        if self.router_dir is not None:
+            with phases("save"):
+                self._save(model, resources)
+        summary = summarize(
+            dataset=self.records.name,
+            split=split,
+            test=test,
+            test_all=test_all,
+            rows=rows,
+            best=best,
+            chosen=chosen,
+            sweep=sweep,
+            everything=everything,
+            all_singles=Matrices.build(test_all, pool).single_rows(),
+            recorded_cost=recorded_cost,
+            per_category=_per_category(router_rows[0], s_test, best),
+            search=search,
+            drift=drift,
+            concurrency=self.concurrency,
+            fusion=model,
+        )
+        summary["phases_s"] = {k: round(v, 1) for k, v in phases.seconds.items()}
+        self.log(phases.closing_line())
+        return summary
 
-        # --- test: recordings-only rows -----------------------------------------------------
-        test_m = Matrices.build(test, pool)
-        singles = test_m.single_rows()
-        best = next(r for r in singles if r.name == val_best.name)
-        rows: list[Row] = [*singles, test_m.random_row(), test_m.oracle_row()]
-        correct, cost, escalated = test_m.disagreement(pair[0], pair[1], best_j)
+    # --- pieces ----------------------------------------------------------------------------
+
+    def _provenance(self, chosen: Chosen) -> dict[str, Any]:
+        return {
+            "goal": chosen.goal.name,
+            "chosen_on": "plan: cross-fitted train; threshold: train + validation",
+            "selection": {
+                "accuracy": chosen.selection.accuracy,
+                "cost_per_1k_usd": chosen.selection.cost_per_1k,
+            },
+            "validation": {
+                "accuracy": chosen.validation.accuracy,
+                "cost_per_1k_usd": chosen.validation.cost_per_1k,
+            },
+            "plan": describe(chosen.plan),
+            "dataset": self.records.name,
+            "note": chosen.note,
+            "written_at": time.time(),
+        }
+
+    def _baselines(self, train: list[Record], test: list[Record], best: str) -> list[Row]:
+        pool = self.pool
+        m_train, m_test = Matrices.build(train, pool), Matrices.build(test, pool)
+        rows: list[Row] = [*m_test.single_rows(), m_test.random_row(), m_test.oracle_row()]
+        j_best = pool.names.index(best)
+        budget = 1000.0 * float(np.nanmean(m_train.cost[:, j_best]))
+        first, second = choose_disagreement_pair(m_train, j_best, budget)
+        correct, cost, escalated = m_test.disagreement(first, second, j_best)
         rows.append(
             Row(
-                "disagreement baseline",
+                "agreement cascade",
                 "baseline",
                 float(correct.mean()),
                 1000.0 * float(cost.mean()),
@@ -240,170 +260,154 @@ class Evaluation:
                 float(escalated.mean()),
                 None,
                 correct,
-                note=f"{pool.names[pair[0]]} + {pool.names[pair[1]]}, "
-                f"escalate to {best.name} on disagreement",
+                note=f"{pool.names[first]} + {pool.names[second]} (chosen on train), "
+                f"{best} on disagreement",
             )
         )
-
-        # --- test: router rows through the graph --------------------------------------------
-        full_settings = main.settings()
-        full = router_row(
-            "full (validation-chosen)",
-            await self._run("full router", test, self.context(**full_settings)),
-            note=main.describe(),
-        )
-        cheap_row = router_row(
-            "full (cheap)",
-            await self._run("cheap operating point", test, self.context(**cheap.settings())),
-            note=cheap.describe(),
-        )
-        ablation: list[Row] = []
-        for mode, settings in MODES.items():
-            for depth in (0, 1, 2, 3):
-                label = f"{mode}, " + ("no cascade" if depth == 0 else f"cascade depth {depth}")
-                context = self.context(**{**full_settings, **settings, "max_levels": depth + 1})
-                ablation.append(router_row(label, await self._run(label, test, context)))
-        rows += ablation + [full, cheap_row]
-
-        # The paper's signal ablation: the full cascade at its chosen threshold, one judge
-        # dropped at a time (the combiner of the remaining judges was fitted without it).
-        signals: list[Row] = []
-        for dropped in JUDGES:
-            kept = tuple(j for j in JUDGES if j != dropped)
-            label = f"full without {dropped}"
-            context = self.context(**{**full_settings, "judges": kept})
-            signals.append(router_row(label, await self._run(label, test, context)))
-        rows += signals
-
-        # One run that never stops early gives the whole threshold sweep exactly.
-        never_stop_context = self.context(**{**full_settings, "stop_early": False})
-        never_stop = await self._run(
-            "threshold sweep", test, never_stop_context, keep_trace=True
-        )
-        sweep = [
-            read_off_row(
-                f"sweep t={_sweep_label(t)}",
-                never_stop,
-                test,
-                self.policy_settings(never_stop_context, t),
+        order = list(np.argsort(-np.nanmean(m_train.score, axis=0)))
+        top = order[:TOP_K_VOTE]
+        correct, cost = m_test.vote(top, order)
+        rows.append(
+            Row(
+                f"vote of the top {TOP_K_VOTE}",
+                "baseline",
+                float(correct.mean()),
+                1000.0 * float(cost.mean()),
+                float(TOP_K_VOTE),
+                0.0,
+                None,
+                correct,
+                note=", ".join(pool.names[j] for j in top) + " (most accurate on train)",
             )
-            for t in SWEEP
-        ]
-        # The router's cheaper operating points: a price on each point of success
-        # probability makes the cascade stop at cheaper top models.
-        for weight in COST_WEIGHTS:
-            weighted = self.context(**{**full_settings, "stop_early": False, "cost_weight": weight})
-            runs = await self._run(
-                f"cost-weight sweep w={weight}", test, weighted, keep_trace=True
+        )
+        return rows
+
+    async def _presets_on_test(
+        self, chosen: Sequence[Chosen], test: list[Record], s_test: list[ft.QuerySignals]
+    ) -> tuple[list[Row], float, list[QueryResult]]:
+        """The default preset through the real graph on every test query; the others
+        through the graph on a slice (the replay-equals-graph check) and replayed through
+        the policy on all of them. Returns the rows, the largest replay-vs-graph
+        difference, and the default's graph results."""
+        assert self.resources is not None
+        rows, drift, default_results = [], 0.0, []
+        check = GRAPH_CHECK_QUERIES
+        for c in chosen:
+            note = (
+                f"{describe(c.plan)}; threshold "
+                f"{'never stop' if c.threshold is None else round(c.threshold, 4)}"
+                + (f"; {c.note}" if c.note else "")
             )
-            sweep += [
-                read_off_row(
-                    f"sweep w={weight} t={_sweep_label(t)}",
-                    runs,
-                    test,
-                    self.policy_settings(weighted, t),
-                )
-                for t in SWEEP
-            ]
+            context = Context(preset=c.name, record_outcomes=False)
+            traces = self._traces(c, s_test)
+            if c.name == "default":
+                default_results = await self._run(f"preset {c.name}", test, context)
+                row = router_row(f"emafusion {c.name}", default_results, note=note)
+                graph_slice, replay_slice = default_results, traces
+            else:
+                graph_slice = await self._run(f"preset {c.name} (check)", test[:check], context)
+                replay_slice = self._traces(c, s_test[:check])
+                row = _point_row(f"emafusion {c.name}", traces.point(c.threshold))
+                row.note = f"{note}; replayed, graph-checked on {len(graph_slice)} queries"
+            row.selection = (c.selection.accuracy, c.selection.cost_per_1k)
+            graph_row = router_row("check", graph_slice)
+            replayed = replay_slice.point(c.threshold)
+            drift = max(
+                drift,
+                abs(replayed.accuracy - graph_row.accuracy),
+                abs(replayed.cost_per_1k - graph_row.cost_per_1k_usd),
+            )
+            rows.append(row)
+        return rows, drift, default_results
 
-        everything = router_row(
-            "full (validation-chosen), all queries",
-            await self._run("full router, all queries", test_all, self.context(**full_settings)),
-            note="missing recordings act as provider failures; the router escalates past them",
+    def _traces(
+        self, chosen: Chosen, signals: Sequence[ft.QuerySignals], model: Any = None
+    ) -> PlanTraces:
+        assert self.resources is not None
+        from emafusion.nodes.policy import PolicySettings
+
+        settings = PolicySettings(threshold=0.5, max_levels=8, fusion="vote")
+        return PlanTraces.build(
+            chosen.plan,
+            signals,
+            self.resources,
+            TAXONOMY_THRESHOLD,
+            settings,
+            model or self.resources.fusion,
         )
-        all_singles = Matrices.build(test_all, pool).single_rows()
 
-        return self._summary(
-            split,
-            test,
-            test_all,
-            rows,
-            best,
-            full,
-            cheap_row,
-            sweep,
-            everything,
-            all_singles,
-            main,
-            cheap,
-            grid,
-            test_m.recorded_cost,
+    def _curves(
+        self, chosen: Sequence[Chosen], s_test: list[ft.QuerySignals], model: Any
+    ) -> tuple[list[Row], list[Row]]:
+        """Every preset's plan over thresholds (the router's trade-off curve), and the
+        ablations of the default: its vote without calibration."""
+        sweep: list[Row] = []
+        seen: set[str] = set()
+        for c in chosen:
+            if describe(c.plan) in seen:
+                continue
+            seen.add(describe(c.plan))
+            traces = self._traces(c, s_test)
+            for t in threshold_grid(traces.confidences(), 25):
+                sweep.append(_point_row(f"sweep {c.name} plan t={t}", traces.point(t)))
+        default = next(c for c in chosen if c.name == "default")
+        raw = replace(model, coef=(), intercept=0.0)
+        raw_traces = self._traces(default, s_test, raw)
+        # The uncalibrated posterior at the threshold reaching the same cost on test would
+        # be chosen on test: report it at the calibrated threshold's selection cost instead.
+        points = raw_traces.curve(threshold_grid(raw_traces.confidences(), 25))
+        cost = default.selection.cost_per_1k
+        within = [p for p in points if p.cost_per_1k <= cost] or points
+        ablation = _point_row(
+            "ablation: default plan, uncalibrated vote (best at its cost)",
+            max(within, key=lambda p: p.accuracy),
         )
+        ablation.note = "chosen on test: an upper bound for the uncalibrated vote"
+        return sweep, [ablation]
 
-    def _summary(
-        self,
-        split: str,
-        test: list[Record],
-        test_all: list[Record],
-        rows: list[Row],
-        best: Row,
-        full: Row,
-        cheap: Row,
-        sweep: list[Row],
-        everything: Row,
-        all_singles: list[Row],
-        main: OperatingPoint,
-        cheap_point: OperatingPoint,
-        grid: list[OperatingPoint],
-        recorded_cost: bool,
-    ) -> dict[str, Any]:
-        singles = [r for r in rows if r.kind == "single"]
-        single_points = [r.point for r in singles]
-        average_cost = float(np.mean([r.cost_per_1k_usd for r in singles]))
-        gain, low, high = bootstrap_gain(full.correct, best.correct)
-        cheap_gain = bootstrap_gain(cheap.correct, best.correct)
-        weak = min(singles, key=lambda r: (r.cost_per_1k_usd, -r.accuracy))
-        router_points = [r.point for r in sweep] + [full.point, cheap.point]
-        hull = upper_hull(single_points)
-        metrics = {
-            "gain_over_best_single": {"mean": gain, "ci95": [low, high]},
-            "cheap_gain_over_best_single": {"mean": cheap_gain[0], "ci95": list(cheap_gain[1:])},
-            "cost_ratio_vs_best_single": full.cost_per_1k_usd / best.cost_per_1k_usd,
-            "cheap_cost_ratio_vs_best_single": cheap.cost_per_1k_usd / best.cost_per_1k_usd,
-            "cost_ratio_vs_average_model": full.cost_per_1k_usd / average_cost,
-            "apgr": apgr(router_points, weak.point, best.point),
-            "cpt50": cpt(router_points, weak.point, best.point, 0.5),
-            "aiq_router": aiq(router_points, single_points),
-            "aiq_zero_router": aiq(single_points, single_points),
-            "zero_router_hull_at_full_cost": hull_value(hull, full.cost_per_1k_usd),
-            "weak_model": weak.name,
-            "strong_model": best.name,
-            "definitions": {
-                "apgr_cpt": "RouteLLM's, on normalized cost (cost - weak) / (strong - weak) "
-                "in place of the share of calls to the strong model",
-                "aiq": "RouterBench's, mean of the non-decreasing concave hull over the single "
-                "models' cost range, cost in USD per 1k queries",
-            },
-        }
-        cost_label = "recorded USD" if recorded_cost else "list prices x estimated tokens (USD)"
-        return {
-            "dataset": self.records.name,
-            "split": split,
-            "population": "test queries with a recording from every pool model",
-            "n": len(test),
-            "n_all_queries": len(test_all),
-            "cost_basis": cost_label,
-            "best_single": best.name,
-            "concurrency": self.concurrency,
-            "validation_choice": {
-                "full": main.__dict__,
-                "cheap": cheap_point.__dict__,
-                "grid_size": len(grid),
-            },
-            "rows": [r.as_json() for r in rows],
-            "all_queries": {
-                "population": "every test query; a missing recording is a provider failure "
-                "(the router escalates past it; a single-model row counts it wrong)",
-                "rows": [r.as_json() for r in [*all_singles, everything]],
-            },
-            "sweep": [r.as_json() for r in sweep],
-            "metrics": metrics,
-        }
+    def _save(self, model: Any, resources: RouterResources) -> None:
+        assert self.router_dir is not None and self.artifacts is not None
+        assert resources.presets is not None
+        self.artifacts.save(self.router_dir)
+        model.save(self.router_dir)
+        resources.presets.save(self.router_dir)
+        self.log(f"router, fusion model and presets written to {self.router_dir}")
 
 
-def _sweep_label(threshold: float | None) -> str:
-    # "1.01" has named the never-stop point in every published table: keep it.
-    return "1.01" if threshold is None else str(threshold)
+def _per_category(default: Row, s_test: list[ft.QuerySignals], best: str) -> list[dict[str, Any]]:
+    """The default preset (its graph run) against the best single model, per category."""
+    table = []
+    for category in sorted({s.record.category for s in s_test}):
+        idx = [i for i, s in enumerate(s_test) if s.record.category == category]
+        best_acc, best_cost = single_figures([s_test[i] for i in idx], best)
+        table.append(
+            {
+                "category": category,
+                "n": len(idx),
+                "router_accuracy": float(default.correct[idx].mean()),
+                "best_single_accuracy": best_acc,
+                "best_single_cost_per_1k_usd": best_cost,
+            }
+        )
+    return table
+
+
+def _point_row(name: str, point: Point) -> Row:
+    return Row(
+        name,
+        "router",
+        point.accuracy,
+        point.cost_per_1k,
+        point.models_called,
+        point.escalation_rate,
+        None,
+        point.correct,
+        note="replayed through the policy",
+    )
+
+
+def run_evaluation(evaluation: Evaluation, split: str = "test") -> dict[str, Any]:
+    return asyncio.run(evaluation.run(split))
 
 
 def limit_records(records: RecordSet, per_split: int) -> RecordSet:

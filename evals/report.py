@@ -20,33 +20,72 @@ def markdown(results: dict[str, Any]) -> str:
         f"### {results['dataset']}: {results['split']} split, {results['n']:,} queries "
         f"({results['population']})",
         "",
-        f"Cost: {results['cost_basis']}, per 1k queries. Overhead: p50 router time per query "
-        f"outside model calls, at concurrency {results['concurrency']}.",
+        f"Cost: {results['cost_basis']}, per 1k queries. Best single model "
+        f"({results['best_single']}) chosen on {results['best_single_chosen_on']}. "
+        f"Selection: where each preset was chosen (cross-fitted train + validation). "
+        f"Overhead: p50 router time per query outside model calls, at concurrency "
+        f"{results['concurrency']}.",
         "",
-        "| row | kind | accuracy | cost / 1k | models called | escalation | overhead ms |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| row | kind | accuracy | cost / 1k | models called | escalation | selection acc | "
+        "selection cost | overhead ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
         lines.append(
             f"| {row['name']} | {row['kind']} | {row['accuracy']:.4f} | "
             f"{row['cost_per_1k_usd']:.4f} | {row['models_called']:.2f} | "
-            f"{row['escalation_rate']:.3f} | {_fmt(row['overhead_ms_p50'], 2)} |"
+            f"{row['escalation_rate']:.3f} | {_fmt(row.get('selection_accuracy'), 4)} | "
+            f"{_fmt(row.get('selection_cost_per_1k_usd'), 4)} | "
+            f"{_fmt(row['overhead_ms_p50'], 2)} |"
         )
-    gain = m["gain_over_best_single"]
-    cheap = m["cheap_gain_over_best_single"]
+    lines.append("")
+    for name, p in results["presets"].items():
+        gain = p["gain_over_best_single"]
+        lines.append(
+            f"- **{name}** ({p['plan']}; threshold "
+            f"{'never stop' if p['threshold'] is None else round(p['threshold'], 4)}): "
+            f"{100 * gain['mean']:+.2f} points vs {results['best_single']} (95% CI "
+            f"{100 * gain['ci95'][0]:+.2f} to {100 * gain['ci95'][1]:+.2f}) at "
+            f"{p['cost_ratio_vs_best_single']:.2f}x its cost "
+            f"({p['cost_ratio_vs_average_model']:.2f}x the average model's); zero-router hull "
+            f"at that cost {p['zero_router_hull_at_its_cost']:.4f}; "
+            f"{'above' if p['above_agreement_cascade'] else 'not above'} the agreement "
+            f"cascade; selection estimate {p['selection']['accuracy']:.4f} at "
+            f"${p['selection']['cost_per_1k_usd']:.4f}/1k "
+            f"(selection - test {p['selection_minus_test_pp']:+.2f} points)"
+            + (f". {p['note']}" if p["note"] else "")
+        )
+    under = m["frontier_points_under_zero_router_hull"]
     lines += [
-        "",
-        f"- Full router vs best single ({results['best_single']}): "
-        f"{100 * gain['mean']:+.2f} points (95% CI {100 * gain['ci95'][0]:+.2f} to "
-        f"{100 * gain['ci95'][1]:+.2f}) at {m['cost_ratio_vs_best_single']:.2f}x its cost, "
-        f"{m['cost_ratio_vs_average_model']:.2f}x the average model's.",
-        f"- Cheap operating point: {100 * cheap['mean']:+.2f} points (95% CI "
-        f"{100 * cheap['ci95'][0]:+.2f} to {100 * cheap['ci95'][1]:+.2f}) at "
-        f"{m['cheap_cost_ratio_vs_best_single']:.2f}x the best single model's cost.",
-        f"- APGR {m['apgr']:.3f}, CPT(50%) {m['cpt50']:.3f} ({m['weak_model']} -> "
-        f"{m['strong_model']}; {m['definitions']['apgr_cpt']}).",
         f"- AIQ router {m['aiq_router']:.4f} vs zero router {m['aiq_zero_router']:.4f} "
-        f"({m['definitions']['aiq']}).",
+        f"({m['definitions']['aiq']}); APGR {m['apgr']:.3f}, CPT(50%) {m['cpt50']:.3f} "
+        f"({m['weak_model']} -> {m['strong_model']}).",
+        f"- Router frontier under the zero-router hull at {len(under)} point(s)"
+        + (
+            ": "
+            + ", ".join(
+                f"${u['cost_per_1k_usd']:.3f}/1k {u['accuracy']:.4f} < {u['hull_accuracy']:.4f}"
+                for u in under
+            )
+            if under
+            else ""
+        )
+        + ".",
+        f"- The policy's replay of the test queries matches the graph runs within "
+        f"{m['replay_vs_graph_max_difference']:.1e}.",
+        "",
+        "Per category (default preset vs the best single model):",
+        "",
+        "| category | n | default | best single | difference |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for c in results["per_category"]:
+        lines.append(
+            f"| {c['category']} | {c['n']} | {c['router_accuracy']:.4f} | "
+            f"{c['best_single_accuracy']:.4f} | "
+            f"{100 * (c['router_accuracy'] - c['best_single_accuracy']):+.2f} |"
+        )
+    lines += [
         "",
         "All queries (" + results["all_queries"]["population"] + "):",
         "",
@@ -55,6 +94,13 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for row in results["all_queries"]["rows"]:
         lines.append(f"| {row['name']} | {row['accuracy']:.4f} | {row['cost_per_1k_usd']:.4f} |")
+    if "phases_s" in results:
+        lines += [
+            "",
+            "Wall time per phase: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in results["phases_s"].items())
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -89,10 +135,17 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         [p[1] for p in points],
         s=6,
         color="#93c5fd",
-        label="router settings (threshold x cost-weight sweep)",
+        label="router thresholds (the presets' plans)",
         zorder=2,
     )
-    frontier = upper_hull(points)
+    frontier = upper_hull(
+        points
+        + [
+            (r["cost_per_1k_usd"], r["accuracy"])
+            for r in rows
+            if r["name"].startswith("emafusion ")
+        ]
+    )
     ax.plot(
         [p[0] for p in frontier],
         [p[1] for p in frontier],
@@ -101,21 +154,24 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         markersize=4,
         label="router frontier",
     )
-    for name, marker, color in (
-        ("full (validation-chosen)", "*", "#dc2626"),
-        ("full (cheap)", "P", "#16a34a"),
-        ("disagreement baseline", "s", "#f59e0b"),
-    ):
-        row = next(r for r in rows if r["name"] == name)
-        ax.scatter(
-            [row["cost_per_1k_usd"]],
-            [row["accuracy"]],
-            marker=marker,
-            s=120,
-            color=color,
-            label=name,
-            zorder=4,
-        )
+    marks = {
+        "emafusion default": ("*", "#dc2626"),
+        "emafusion cheap": ("P", "#16a34a"),
+        "emafusion max": ("X", "#7c3aed"),
+        "agreement cascade": ("s", "#f59e0b"),
+    }
+    for row in rows:
+        if row["name"] in marks or row["name"].startswith("vote of the top"):
+            marker, color = marks.get(row["name"], ("D", "#0891b2"))
+            ax.scatter(
+                [row["cost_per_1k_usd"]],
+                [row["accuracy"]],
+                marker=marker,
+                s=120,
+                color=color,
+                label=row["name"],
+                zorder=4,
+            )
     ax.set_xscale("log")
     ax.set_xlabel(f"cost per 1k queries ({results['cost_basis']}, log scale)")
     ax.set_ylabel("accuracy")

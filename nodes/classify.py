@@ -56,8 +56,8 @@ def category_options(
     resources: RouterResources, category: str | None, query: str, models: list[str]
 ) -> dict[str, Candidate]:
     """Each model as a candidate by its training record in `category` (else overall)."""
-    stats = resources.memory.model_stats(category) if category else {}
-    overall = resources.memory.model_stats(None)
+    stats = resources.model_stats(category) if category else {}
+    overall = resources.model_stats(None)
     options = {}
     for model in models:
         spec = resources.spec(model)
@@ -74,7 +74,7 @@ def suitable_options(
     resources: RouterResources, category: str, context: Context, query: str
 ) -> list[Candidate]:
     """Models whose training accuracy in `category` is within a margin of its best."""
-    stats = resources.memory.model_stats(category)
+    stats = resources.model_stats(category)
     allowed = set(allowed_models(context, resources))
     in_pool = [m for m in stats if m in allowed]
     if not in_pool:

@@ -174,6 +174,9 @@ class StageSummary:
     confidence: float | None  # of the answer the router would return now
     returned: int | None  # the answer returned if the router stops here confident
     fallback: int | None  # the answer returned if it stops without confidence
+    answers: int = 0  # answers gathered so far (every stage)
+    spent_usd: float = 0.0
+    stage_judge_usd: float = 0.0  # mean judging cost of an answer of the latest stage
 
 
 def summarize(
@@ -185,15 +188,20 @@ def summarize(
     last = max(a["stage"] for a in attempts)
     stage = [i for i, a in enumerate(attempts) if a["stage"] == last]
     answered = [i for i in stage if attempts[i]["status"] == "answered"]
+    everyone = [i for i, a in enumerate(attempts) if a["status"] == "answered"]
     distrusted = settings.on_judge_failure == "escalate" and any(
         attempts[i]["judges_failed"] for i in answered
+    )
+    costs = dict(
+        answers=len(everyone),
+        spent_usd=spent_usd(attempts),
+        stage_judge_usd=sum(attempts[i]["judge_cost_usd"] for i in stage) / len(stage),
     )
     if settings.fusion == "vote":
         fused = fuse(view, model)
         chosen = None if fused is None else fused.chosen
         confidence = None if fused is None or not answered else fused.confidence
-        return StageSummary(bool(answered), distrusted, confidence, chosen, chosen)
-    everyone = [i for i, a in enumerate(attempts) if a["status"] == "answered"]
+        return StageSummary(bool(answered), distrusted, confidence, chosen, chosen, **costs)
     fallback = (
         max(reversed(everyone), key=lambda i: attempts[i]["confidence"] or 0.0)
         if everyone
@@ -201,7 +209,7 @@ def summarize(
     )
     current = answered[-1] if answered else None
     confidence = attempts[current]["confidence"] if current is not None else None
-    return StageSummary(bool(answered), distrusted, confidence, current, fallback)
+    return StageSummary(bool(answered), distrusted, confidence, current, fallback, **costs)
 
 
 def stage_confidence(
@@ -232,23 +240,22 @@ def decide(
     next_cost = view["next_cost_usd"]
     if not view["next_models"] or next_cost is None:
         return "exhausted", "no model left to call"
-    total = sum(1 for a in attempts if a["status"] == "answered")
-    if total >= settings.max_levels:
-        return "max_levels", f"{total} answers reached max_levels {settings.max_levels}"
-    stage = current_stage(attempts)
+    if summary.answers >= settings.max_levels:
+        return "max_levels", f"{summary.answers} answers reached max_levels {settings.max_levels}"
     if settings.budget_usd is not None:
         # The next answers will be judged too, at about what judging these cost.
-        judging = sum(a["judge_cost_usd"] for a in stage) / len(stage)
-        projected = spent_usd(attempts) + next_cost + judging * len(view["next_models"])
+        judging = summary.stage_judge_usd * len(view["next_models"])
+        projected = summary.spent_usd + next_cost + judging
         if projected > settings.budget_usd:
             return "budget", (
                 f"calling {', '.join(view['next_models'])} would bring the query to "
                 f"${projected:.6f}, over the budget ${settings.budget_usd:.6f}"
             )
     if not summary.answered:
+        stage = current_stage(attempts)
         return "escalate", ", ".join(f"{a['model']} {a['status']}" for a in stage)
     if summary.distrusted:
-        failed = sorted({j for a in stage for j in a["judges_failed"]})
+        failed = sorted({j for a in current_stage(attempts) for j in a["judges_failed"]})
         return "escalate", f"judge(s) {', '.join(failed)} failed (fail closed)"
     if confidence is None:
         return "escalate", "no judge gave a score (fail closed)"
@@ -398,7 +405,7 @@ def replay(
             attempts[chosen]["model"] if chosen is not None else None,
             decision,
             len(attempts),
-            spent_usd(attempts),
+            summary.spent_usd,
             confidence,
             index + 1,
         )

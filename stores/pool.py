@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from emafusion.stores.cost import Prices
 from emafusion.stores.recordings import RecordSet
+from emafusion.stores.recordings.utf8 import NotUTF8Error, decode_utf8
 
 
 class PoolError(ValueError):
@@ -133,22 +134,36 @@ def default_pool_path(dataset: str) -> Path:
 def load_pool(path: Path | str) -> Pool:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError as exc:
         raise PoolError(f"{path}: no such pool file. Fix: pass an existing --pool FILE.") from exc
+    except OSError as exc:  # a directory, no permission, a disk error
+        raise PoolError(
+            f"{path}: cannot be read ({exc.strerror or exc}). Fix: pass a readable --pool FILE."
+        ) from exc
+    try:
+        raw = tomllib.loads(decode_utf8(data))  # a leading byte-order mark is accepted
+    except NotUTF8Error as exc:
+        raise PoolError(f"{path}, {exc}.") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PoolError(f"{path}: not valid TOML ({exc}). Fix: correct the syntax.") from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+        raise PoolError(
+            f"{path}: arrays or tables nested too deeply to read. Fix: a pool file is a "
+            f"list of flat [[models]] tables (see the README)."
+        ) from exc
     try:
         return Pool.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = list(err["loc"])
-        field = ".".join(str(p) for p in loc)
+        field = ".".join(str(p) for p in loc) or "(the pool as a whole)"
         if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
             models = raw.get("models") or []
             entry = models[loc[1]] if loc[1] < len(models) else {}
             name = entry.get("name", "?") if isinstance(entry, dict) else "?"
-            field = f"models[{loc[1]}] ({name!r}).{'.'.join(str(p) for p in loc[2:])}"
+            inside = "".join(f".{p}" for p in loc[2:])
+            field = f"models[{loc[1]}] ({name!r}){inside}"
         raise PoolError(
             f"{path}: field {field}: {err['msg']}. Fix: correct that entry of the pool file."
         ) from exc

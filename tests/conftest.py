@@ -12,36 +12,64 @@ from langchain_core.language_models import BaseChatModel
 
 from emafusion.nodes.resources import RouterResources
 from emafusion.stores.artifacts import build_router_artifacts
-from emafusion.stores.download import resolve_data_dir
+from emafusion.stores.download import (
+    DATA_DIR_ENV,
+    DATA_MIRROR_ENV,
+    DATASETS,
+    SOURCES,
+    DataDirError,
+    resolve_data_dir,
+)
 from emafusion.stores.embeddings import Embedder, default_embedder
 from emafusion.stores.pool import Pool, load_default_pool
 from emafusion.stores.recordings import RecordSet, load_dataset
-from emafusion.stores.recordings import RecordSet as _RecordSet
 from emafusion.stores.taxonomy import default_taxonomy_path, load_taxonomy
 from tests import synthetic
+
+# No test reaches the network: a download that slips through (a command run without
+# --data-dir, with the recordings missing) goes to a closed local port and fails at once.
+# Download tests pass their own mirror (a 127.0.0.1 server) explicitly.
+os.environ[DATA_MIRROR_ENV] = "http://127.0.0.1:9"
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The recordings directory; a test that needs it is skipped (never downloads) without."""
+    """The recordings, all present; else the test skips (tests never download them)."""
     try:
         path = resolve_data_dir()
-    except Exception as exc:  # noqa: BLE001 - any failure to find them means "skip"
-        pytest.skip(f"recordings not available ({exc}); set EMAFUSION_DATA_DIR")
-    if not (path / "routerbench").is_dir() or not (path / "mmlu-pro").is_dir():
-        pytest.skip(f"recordings not found in {path}; set EMAFUSION_DATA_DIR")
+    except DataDirError as exc:
+        pytest.skip(f"recordings unavailable: {exc}")
+    missing = [
+        source.relative_path
+        for dataset in DATASETS
+        for source in SOURCES[dataset]
+        if not (path / source.relative_path).is_file()
+    ]
+    if missing:
+        pytest.skip(
+            f"recordings not found in {path} ({len(missing)} files missing, e.g. {missing[0]}); "
+            f"tests never download them. Set {DATA_DIR_ENV} to a copy of ../shared/data or "
+            f"run `emafusion data fetch`."
+        )
     return path
 
 
 @pytest.fixture
-def synthetic_records() -> _RecordSet:
+def synthetic_records() -> RecordSet:
     return synthetic.make_records()
 
 
 @pytest.fixture
-def tiny_resources(synthetic_records: _RecordSet) -> RouterResources:
+def tiny_resources(synthetic_records: RecordSet) -> RouterResources:
     """A router over synthetic recordings (hash embedder): fresh per test (it learns)."""
     return synthetic.make_resources(synthetic_records)
+
+
+@pytest.fixture
+def data_dir_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The recordings as EMAFUSION_DATA_DIR, for commands that resolve the data dir."""
+    monkeypatch.setenv(DATA_DIR_ENV, str(data_dir))
+    return data_dir
 
 
 @pytest.fixture(scope="session")

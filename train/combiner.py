@@ -65,7 +65,6 @@ class JudgeSignals:
         return {j: float(c) * 1000.0 for j, c in zip(self.judges, means, strict=True)}
 
 
-
 def fit_logistic(
     x: np.ndarray, y: np.ndarray, l2: float = 1.0, max_iter: int = 100
 ) -> tuple[np.ndarray, float]:
@@ -140,7 +139,6 @@ def cross_validated(signals: JudgeSignals, folds: int = 5, seed: int = 0) -> np.
     return out
 
 
-
 def fit_book(signals: JudgeSignals, l2: float = 1.0) -> CombinerBook:
     """A combiner for every non-empty subset of the signals' judges."""
     if len(signals.judges) > MAX_JUDGES_FOR_SEARCH:
@@ -153,6 +151,3 @@ def fit_book(signals: JudgeSignals, l2: float = 1.0) -> CombinerBook:
         for subset in itertools.combinations(sorted(signals.judges), size):
             combiners[subset] = fit_combiner(signals.select(subset), l2)
     return CombinerBook(combiners)
-
-
-

@@ -42,7 +42,8 @@ def score_result(record: Record, output: dict[str, Any], keep_trace: bool = Fals
         correct=outcome.score if outcome is not None else 0.0,
         cost_usd=float(output.get("cost_usd", 0.0)),
         models_called=len(path),
-        escalated=len(path) > 1,
+        # Escalated: called past the first stage (a stage may call several models at once).
+        escalated=sum(1 for e in output.get("trace", []) if e["event"] == "decided") > 1,
         overhead_ms=float(output.get("overhead_ms", 0.0)),
         confidence=output.get("confidence"),
         path=path,

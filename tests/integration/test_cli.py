@@ -73,7 +73,9 @@ def test_ask_replays_a_recorded_query(
     assert "cost:       $" in captured.out and "estimated" not in captured.out
 
 
-def test_ask_unknown_record_id_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_ask_unknown_record_id_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], data_dir_env: Path
+) -> None:
     assert main(["ask", "--dataset", "routerbench", "--record-id", "routerbench/nope"]) == 2
     assert "record 'routerbench/nope' is not in the recordings routerbench" in (
         capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +13,8 @@ from emafusion.cli.main import main
 from emafusion.evals.readoff import read_off_row, router_row
 from emafusion.graph import Context, make_graph
 from emafusion.nodes.policy import PolicySettings
-from emafusion.nodes.resources import RouterResources
-from emafusion.stores.recordings import RecordSet
+from emafusion.nodes.resources import DeploymentSettings, RouterResources, load_router
+from emafusion.stores.recordings import RecordSet, load_dataset
 from emafusion.train.graph_runs import run_graph
 
 ROW_KEYS = {
@@ -27,41 +28,71 @@ ROW_KEYS = {
 }
 
 
-def test_eval_end_to_end_on_a_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "results"
+def test_eval_end_to_end_on_a_slice_and_the_served_router_runs_its_default_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data_dir_env: Path
+) -> None:
+    out, router = tmp_path / "results", tmp_path / "router"
     argv = [
         "eval",
         "--dataset",
         "routerbench",
         "--limit",
-        "40",
+        "60",
         "--out",
         str(out),
+        "--router-dir",
+        str(router),
         "--no-progress",
         "--concurrency",
         "2",
     ]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert {"dataset", "split", "population", "n", "best_single", "rows"} <= set(results)
+    assert {"dataset", "split", "population", "n", "best_single", "rows", "presets"} <= set(
+        results
+    )
     assert results["dataset"] == "routerbench" and results["split"] == "test"
-    assert results["n"] == 40
+    assert results["n"] == 60
     rows = results["rows"]
     assert all(set(row) >= ROW_KEYS for row in rows)
-    kinds = {row["kind"] for row in rows}
-    assert kinds == {"single", "baseline", "router"}
+    assert {row["kind"] for row in rows} == {"single", "baseline", "router"}
     assert sum(row["kind"] == "single" for row in rows) == 11
     names = {row["name"] for row in rows}
-    assert {"random", "oracle", "disagreement baseline"} <= names
-    assert any(row["name"].startswith("full") for row in rows)
-    for mode in ("taxonomy-only", "learned-only", "hybrid"):
-        assert f"{mode}, no cascade" in names and f"{mode}, cascade depth 3" in names
+    assert {"random", "oracle", "agreement cascade", "vote of the top 3"} <= names
+    assert {"emafusion default", "emafusion cheap", "emafusion max"} <= names
     oracle = next(row for row in rows if row["name"] == "oracle")
     assert all(oracle["accuracy"] >= row["accuracy"] for row in rows)
     assert results["best_single"] in names
+    for preset in results["presets"].values():
+        assert {"accuracy", "cost_per_1k_usd"} <= set(preset["selection"])
+        assert "selection_minus_test_pp" in preset
+    assert results["metrics"]["replay_vs_graph_max_difference"] < 1e-9
     assert (out / "results.md").read_text().startswith("### routerbench")
     assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     assert "| oracle | baseline |" in capsys.readouterr().out
+
+    # The evaluated router is the served one: `ask` over that directory runs the default
+    # preset's plan and threshold.
+    presets = json.loads((router / "presets.json").read_text())["presets"]
+    default = presets["default"]["settings"]
+    assert (router / "fusion.json").is_file() and (router / "ROUTER.json").is_file()
+    record = load_dataset("routerbench", data_dir=data_dir_env).split("test")[0]
+    ask = ["ask", "--dataset", "routerbench", "--router-dir", str(router), "--record-id"]
+    assert main([*ask, record.id, "--no-record", "--stream"]) == 0
+    err = capsys.readouterr().err
+    first_stage = default["stages"]["*"][0]
+    assert f"[invoking: {first_stage[0]} (level 1)]" in err
+    # And the graph a deployment serves from that directory decides by the preset.
+    resources = load_router(DeploymentSettings(dataset="routerbench", router_dir=router))
+    result = asyncio.run(
+        make_graph(resources).ainvoke(
+            {"query": record.query, "record_id": record.id},
+            context=Context(record_outcomes=False),
+        )
+    )
+    decided = [e["data"] for e in result["trace"] if e["event"] == "decided"]
+    assert {d["threshold"] for d in decided} == {default["escalation_threshold"]}
+    assert result["escalation_path"][: len(first_stage)] == first_stage
 
 
 async def test_threshold_read_off_matches_the_graph(

@@ -6,24 +6,23 @@ import hashlib
 import json
 import re
 import shutil
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from emafusion.stores.download import ChecksumMismatchError, dataset_files
 from emafusion.stores.recordings import (
-    Record,
     RecordingError,
     RecordSet,
     embedding_text,
     load_jsonl,
-    load_mmlu_pro,
     load_routerbench,
     read_mmlu_pro_zip,
     split_of,
     write_jsonl,
 )
+
+pytestmark = pytest.mark.slow
 
 
 def _readme_table(data_dir: Path, heading: str) -> list[list[str]]:
@@ -136,99 +135,12 @@ def test_jsonl_round_trip(routerbench: RecordSet, tmp_path: Path) -> None:
     }
 
 
-def _write_lines(path: Path, lines: list[str]) -> Path:
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _line(**overrides: object) -> str:
-    base: dict[str, object] = {
-        "id": "q1",
-        "dataset": "mine",
-        "category": "math",
-        "query": "1+1?",
-        "reference": "2",
-        "outcomes": {
-            "m": {
-                "response": "2",
-                "score": 1.0,
-                "cost_usd": 0.001,
-                "input_tokens": 3,
-                "output_tokens": 1,
-            }
-        },
-    }
-    base.update(overrides)
-    return json.dumps(base)
-
-
-def test_jsonl_invalid_line_names_line_and_field(tmp_path: Path) -> None:
-    bad = _line(id="q2", outcomes={"m": {"response": "x", "score": 1.5}})
-    path = _write_lines(tmp_path / "mine.jsonl", [_line(), bad, _line(id="q3")])
-    with pytest.raises(RecordingError) as err:
-        load_jsonl(path)
-    message = str(err.value)
-    assert f"{path}:2" in message
-    assert "outcomes.m.score" in message
-    assert "--skip-invalid" in message
-
-
-def test_jsonl_skip_invalid_counts(tmp_path: Path) -> None:
-    lines = [_line(), "{not json", _line(id="q3", score=1), _line(id="q4")]
-    path = _write_lines(tmp_path / "mine.jsonl", lines)
-    loaded = load_jsonl(path, skip_invalid=True)
-    assert [r.id for r in loaded.records] == ["q1", "q4"]
-    assert loaded.skipped == 2
-
-
-def test_jsonl_duplicate_ids_are_an_error(tmp_path: Path) -> None:
-    path = _write_lines(tmp_path / "mine.jsonl", [_line(), _line()])
-    with pytest.raises(RecordingError, match="duplicate record ids"):
-        load_jsonl(path)
-
-
-def test_record_rejects_nan_cost() -> None:
-    with pytest.raises(ValueError, match="cost_usd"):
-        Record.model_validate_json(_line(outcomes={"m": {"score": 1.0, "cost_usd": "NaN"}}))
-
-
 def test_corrupted_zip_is_a_clear_error(data_dir: Path, tmp_path: Path) -> None:
     source = data_dir / "mmlu-pro" / "model_outputs_mathstral-7B_5shots.zip"
     broken = tmp_path / source.name
     broken.write_bytes(source.read_bytes()[:10_000])
     with pytest.raises(RecordingError, match="not a readable zip.*emafusion data fetch"):
         read_mmlu_pro_zip(broken)
-
-
-def test_mmlu_pro_zip_skips_non_records(tmp_path: Path) -> None:
-    path = tmp_path / "model_outputs_tiny_5shots.zip"
-    rows = [
-        {
-            "question_id": 1,
-            "question": "Q?",
-            "options": ["x", "y"],
-            "answer": "B",
-            "category": "math",
-            "pred": "B",
-            "model_outputs": "The answer is (B).",
-        },
-        "other",
-        {
-            "question_id": 2,
-            "question": "R?",
-            "options": ["x", "y"],
-            "answer": "A",
-            "category": "law",
-            "pred": None,
-            "model_outputs": "unsure",
-        },
-    ]
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("model_outputs_tiny_5shots.json", json.dumps(rows))
-    records = load_mmlu_pro([path])
-    assert [r.outcomes["tiny"].score for r in records.records] == [1.0, 0.0]
-    assert records.records[0].query == "Q?\nA. x\nB. y"
-    assert "skipped 1" in records.notes[0]
 
 
 def test_routerbench_broken_list_literal_names_file_line_column(
@@ -258,12 +170,16 @@ def test_modified_recording_fails_its_checksum(data_dir: Path, tmp_path: Path) -
         dataset_files("routerbench", copy, download=False)
 
 
-def test_atomic_write_keeps_a_readable_mode(tmp_path: Path) -> None:
-    from emafusion.stores.atomic import write_text_atomic
+def test_published_files_fill_an_empty_cache_from_a_mirror(
+    file_server: tuple[str, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    from emafusion.stores.download import DATA_MIRROR_ENV, SOURCES, resolve_data_dir, sha256_of
 
-    fresh = write_text_atomic(tmp_path / "out" / "results.json", "{}")
-    assert fresh.stat().st_mode & 0o777 == 0o644
-    fresh.chmod(0o600)
-    write_text_atomic(fresh, "{ }")
-    assert fresh.stat().st_mode & 0o777 == 0o600 and fresh.read_text() == "{ }"
-    assert [p.name for p in fresh.parent.iterdir()] == ["results.json"]
+    base, root = file_server
+    shutil.copytree(data_dir / "routerbench", root / "routerbench")
+    cache = tmp_path / "cache"
+    env = {DATA_MIRROR_ENV: base}
+    resolved = resolve_data_dir(env=env, shared_candidates=[], cache_dir=cache)
+    paths = dataset_files("routerbench", resolved, env=env)
+    assert [p.name for p in paths] == [s.name for s in SOURCES["routerbench"]]
+    assert all(sha256_of(p) == s.sha256 for p, s in zip(paths, SOURCES["routerbench"], strict=True))

@@ -54,7 +54,7 @@ def direct_app(dataset: str, data_dir: Path | None, model: str | None) -> FastAP
     """The replay model behind the same endpoint shape, without the router."""
     from langchain_core.messages import HumanMessage
 
-    from emafusion.serve.completions import completion, completion_chunks
+    from emafusion.serve.completions import completion, completion_chunks, event_stream
     from emafusion.serve.runner import ModelCall, RoutedReply
     from emafusion.serve.schemas import ChatCompletionRequest
     from emafusion.stores.pool import load_default_pool
@@ -97,7 +97,8 @@ def direct_app(dataset: str, data_dir: Path | None, model: str | None) -> FastAP
         )
         if not body.stream:
             return JSONResponse(completion(routed))
-        return StreamingResponse(completion_chunks(routed, True), media_type="text/event-stream")
+        chunks = completion_chunks(routed, True)
+        return StreamingResponse(event_stream(chunks), media_type="text/event-stream")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -26,6 +26,7 @@ from emafusion.serve.completions import (
     answer,
     completion,
     completion_chunks,
+    event_stream,
     served_models,
     too_busy,
 )
@@ -128,7 +129,7 @@ def create_app(
             return JSONResponse(completion(reply))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            completion_chunks(reply, include_usage),
+            event_stream(completion_chunks(reply, include_usage)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

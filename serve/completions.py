@@ -247,7 +247,9 @@ def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def completion_chunks(reply: RoutedReply, include_usage: bool) -> AsyncIterator[bytes]:
+def completion_chunks(reply: RoutedReply, include_usage: bool) -> list[bytes]:
+    """The reply as OpenAI's SSE chunks: role, content pieces, finish (with the emafusion
+    object), the usage chunk when asked, `[DONE]`."""
     base = {
         "id": f"chatcmpl-{reply.run_id}",
         "object": "chat.completion.chunk",
@@ -260,12 +262,18 @@ async def completion_chunks(reply: RoutedReply, include_usage: bool) -> AsyncIte
         choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
         return _sse({**base, "choices": [choice], **extra, **more})
 
-    yield chunk({"role": "assistant", "content": ""})
-    for piece in reply.chunks():
-        if piece:
-            yield chunk({"content": piece})
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": piece}) for piece in reply.chunks() if piece]
     info = reply.info()
-    yield chunk({}, "stop", emafusion=info)
+    chunks.append(chunk({}, "stop", emafusion=info))
     if include_usage:
-        yield _sse({**base, "choices": [], "usage": usage(reply), "emafusion": info})
-    yield b"data: [DONE]\n\n"
+        chunks.append(_sse({**base, "choices": [], "usage": usage(reply), "emafusion": info}))
+    chunks.append(b"data: [DONE]\n\n")
+    return chunks
+
+
+async def event_stream(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    """The whole stream in one write: the answer is complete before its first chunk (see
+    the module's docstring), and one write per chunk would only add a wake-up of the
+    client per chunk."""
+    yield b"".join(chunks)

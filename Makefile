@@ -52,7 +52,7 @@ pg-down:
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy graph nodes stores cli evals train
+	$(BIN)/mypy graph nodes stores cli evals train serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

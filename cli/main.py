@@ -13,6 +13,7 @@ from emafusion.cli.eval import add_eval_commands
 from emafusion.cli.feedback import add_feedback_commands
 from emafusion.cli.judges import add_judges_commands
 from emafusion.cli.memory import add_memory_commands
+from emafusion.cli.serve import add_serve_commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ask_commands(commands)
     add_eval_commands(commands)
     add_feedback_commands(commands)
+    add_serve_commands(commands)
     return parser
 
 

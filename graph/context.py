@@ -170,6 +170,12 @@ class Context(BaseModel):
         "(fail closed), or judge it by the other judges alone.",
     )
     max_levels: int = Field(default=3, ge=1, le=64, description="Most models called per query.")
+    models: tuple[str, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="Only these pool models may answer (planned, re-ranked or fallen back "
+        "to); None: the whole pool. Judges and the LLM classifier are not restricted.",
+    )
     budget_usd: float | None = Field(
         default=None, ge=0.0, description="Most USD spent on one query (models + judges)."
     )
@@ -206,6 +212,17 @@ class Context(BaseModel):
             raise ValueError(f"lists a judge twice: {list(value)}")
         if any(not name.strip() for name in value):
             raise ValueError("judge names must be non-empty")
+        return value
+
+    @field_validator("models", mode="after")
+    @classmethod
+    def _model_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a model twice: {list(value)}")
+        if any(not name.strip() for name in value):
+            raise ValueError("model names must be non-empty")
         return value
 
     @field_validator("stages", mode="after")

@@ -22,7 +22,7 @@ from emafusion.nodes import settings
 from emafusion.nodes.events import emit
 from emafusion.nodes.planning import candidate, fixed_plan, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
-from emafusion.nodes.validate import check_run
+from emafusion.nodes.validate import allowed_models, check_run
 from emafusion.stores.recordings import routing_text
 
 
@@ -75,7 +75,8 @@ def suitable_options(
 ) -> list[Candidate]:
     """Models whose training accuracy in `category` is within a margin of its best."""
     stats = resources.model_stats(category)
-    in_pool = [m for m in stats if m in resources.pool.names]
+    allowed = set(allowed_models(context, resources))
+    in_pool = [m for m in stats if m in allowed]
     if not in_pool:
         return []
     best = max(stats[m].mean_score for m in in_pool)
@@ -91,7 +92,8 @@ def planned_options(
     """(options, plan) of a fixed plan (`Context.stages`): the category's, else '*'."""
     assert context.stages is not None
     stages = context.stages.get(category or "*") or context.stages["*"]
-    models = [m for stage in stages for m in stage if m in resources.pool.names]
+    allowed = set(allowed_models(context, resources))
+    models = [m for stage in stages for m in stage if m in allowed]
     options = category_options(resources, category, query, models)
     return list(options.values()), fixed_plan(stages, options, context.budget_usd)
 

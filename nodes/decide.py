@@ -33,6 +33,7 @@ from emafusion.nodes.planning import affordable, replan_after_failure
 from emafusion.nodes.predict import memory_options
 from emafusion.nodes.reliability import reliabilities
 from emafusion.nodes.resources import RouterResources
+from emafusion.nodes.validate import allowed_models
 from emafusion.stores.answers import answer_key, option_count, semantic_keys
 
 # The confidence shown for an answer a judge failed on (the policy never returns on it).
@@ -122,7 +123,7 @@ def _replan(
     if len(candidates) > len(attempts) or any(a["status"] == "answered" for a in attempts):
         return candidates
     planned = {o["model"] for o in options} | {c["model"] for c in candidates}
-    rest = [m for m in resources.pool.names if m not in planned]
+    rest = [m for m in allowed_models(context, resources) if m not in planned]
     fallback, _ = memory_options(state, context, resources, rest, "fallback")
     if context.budget_usd is not None:
         left = context.budget_usd - sum(a["cost_usd"] + a["judge_cost_usd"] for a in attempts)

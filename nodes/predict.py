@@ -25,6 +25,7 @@ from emafusion.nodes import settings
 from emafusion.nodes.events import emit
 from emafusion.nodes.planning import candidate, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
+from emafusion.nodes.validate import allowed_models
 from emafusion.stores.memory import Prediction
 
 
@@ -69,7 +70,11 @@ async def predict(
 ) -> dict[str, Any]:
     context = settings.current(state, runtime)
     refine = state.get("route_mode") == "taxonomy"
-    models = [c["model"] for c in state.get("candidates", [])] if refine else resources.pool.names
+    models = (
+        [c["model"] for c in state.get("candidates", [])]
+        if refine
+        else allowed_models(context, resources)
+    )
     options, predictions = memory_options(state, context, resources, models)
     candidates = plan_cascade(
         options, context.max_levels, context.min_p_success, context.cost_weight, context.budget_usd

@@ -13,6 +13,14 @@ from emafusion.nodes.resources import RouterResources
 from emafusion.stores.combiner import subset_key
 
 
+def allowed_models(context: Context, resources: RouterResources) -> list[str]:
+    """The pool models this run may call to answer, in pool order (`Context.models`)."""
+    if context.models is None:
+        return list(resources.pool.names)
+    allowed = set(context.models)
+    return [name for name in resources.pool.names if name in allowed]
+
+
 def check_run(context: Context, resources: RouterResources) -> None:
     known = registered_judges()
     unknown = [j for j in context.judges if j not in known]
@@ -59,3 +67,10 @@ def check_run(context: Context, resources: RouterResources) -> None:
             f"Context.llm_classifier: {context.llm_classifier!r} is not in the pool; pool: "
             f"{', '.join(resources.pool.names)}."
         )
+    if context.models is not None:
+        unknown_models = [m for m in context.models if m not in resources.pool.names]
+        if unknown_models:
+            raise ContextError(
+                f"Context.models: {unknown_models} not in the pool; pool: "
+                f"{', '.join(resources.pool.names)}. Fix: name pool models, or leave it unset."
+            )

@@ -20,6 +20,7 @@ COMMANDS = {
     "graph": ("--format", "--out"),
     "eval": ("--dataset", "--limit", "--no-progress"),
     "feedback": ("--run-id", "--query-id", "--model", "--score"),
+    "serve": ("--router-dir", "--host", "--api-keys-file", "--api-keys-env"),
 }
 
 

@@ -132,7 +132,9 @@ def main() -> None:
     embed_times(texts, cached.embedder)
     graph_only = router_overhead(cached, queries, warmup=0)
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}"
+    )
     print(
         f"dataset {args.dataset}: {len(queries)} validation queries, one at a time; memory "
         f"{stored_before} stored + {added} padded = {len(resources.memory.records())}; "
@@ -141,7 +143,10 @@ def main() -> None:
     e50 = statistics.median(baseline)
     rows = [
         ("baseline: sentence-transformers embed, 1 query", baseline),
-        (f"default embedding path ({uncached.embedder.id.rsplit('/', 1)[-1]}), 1 query", default_path),
+        (
+            f"default embedding path ({uncached.embedder.id.rsplit('/', 1)[-1]}), 1 query",
+            default_path,
+        ),
         ("router overhead per query, embedding included", overhead),
         ("router overhead per query, embedding cached (graph alone)", graph_only),
     ]

@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 
 
 def context_from_args(args: argparse.Namespace) -> Context:
-    return Context(
-        escalation_threshold=args.threshold,
-        max_levels=args.max_levels,
-        budget_usd=args.budget,
-        record_outcomes=not args.no_record,
-    )
+    """Only what the command line sets: the rest comes from the preset (what was evaluated)."""
+    given = {
+        "preset": args.preset,
+        "escalation_threshold": args.threshold,
+        "max_levels": args.max_levels,
+        "budget_usd": args.budget,
+    }
+    fields = {name: value for name, value in given.items() if value is not None}
+    return Context(**fields, record_outcomes=not args.no_record)
 
 
 def _describe_event(event: dict[str, Any]) -> str:
@@ -170,9 +173,9 @@ def add_ask_commands(commands: argparse._SubParsersAction) -> None:
     ask.add_argument("--router-dir", type=Path, help="built router artifacts")
     add_store_url_arg(ask)
     ask.add_argument("--stream", action="store_true", help="show decisions and tokens live")
-    defaults = Context.model_fields
-    ask.add_argument("--threshold", type=float, default=defaults["escalation_threshold"].default)
-    ask.add_argument("--max-levels", type=int, default=defaults["max_levels"].default)
+    ask.add_argument("--preset", help="an evaluated operating point (default: 'default')")
+    ask.add_argument("--threshold", type=float, help="default: the preset's")
+    ask.add_argument("--max-levels", type=int, help="default: the preset's")
     ask.add_argument("--budget", type=float, default=None, help="USD per query")
     ask.add_argument("--no-record", action="store_true", help="do not learn from this query")
     ask.add_argument(

@@ -81,3 +81,18 @@ def test_graph_command_renders_png(tmp_path: Path) -> None:
     out = tmp_path / "router.png"
     assert main(["graph", "--format", "png", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ask_leaves_what_it_is_not_told_to_the_preset() -> None:
+    from emafusion.cli.ask import context_from_args
+    from emafusion.cli.main import build_parser
+
+    plain = context_from_args(build_parser().parse_args(["ask", "what?"]))
+    # Set fields override the preset (nodes/settings.py): a default passed explicitly would
+    # silently replace the evaluated threshold and level cap.
+    assert plain.model_fields_set == {"record_outcomes"}
+    told = context_from_args(
+        build_parser().parse_args(["ask", "--preset", "cheap", "--threshold", "0.9", "what?"])
+    )
+    assert told.model_fields_set == {"preset", "escalation_threshold", "record_outcomes"}
+    assert (told.preset, told.escalation_threshold) == ("cheap", 0.9)

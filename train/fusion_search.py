@@ -112,10 +112,13 @@ def single_figures(signals: Sequence[QuerySignals], model: str) -> tuple[float, 
 
 
 def goals_for(signals: Sequence[QuerySignals], best: str) -> list[Goal]:
+    """default: the most accurate at the best single model's cost; cheap: the cheapest at
+    its accuracy *and below its cost* (a router that needs more than the model alone to
+    match it is not cheap: calling the model is); max: the most accurate."""
     acc, cost = single_figures(signals, best)
     return [
         Goal("default", max_cost_per_1k=cost),
-        Goal("cheap", min_accuracy=acc),
+        Goal("cheap", max_cost_per_1k=cost, min_accuracy=acc),
         Goal("max"),
     ]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emafusion.graph.cli_memory import pool_for, taxonomy_for
+from emafusion.cli.sources import pool_for, taxonomy_for
 from emafusion.stores.artifacts import build_router_artifacts, embed_records
 from emafusion.stores.embeddings import CachedEmbedder, EmbedderKind, make_embedder
 from emafusion.stores.metrics import auroc

@@ -130,7 +130,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     print(f"run id:     {result.get('run_id')}  (emafusion feedback --run-id ... --score S)")
     if attempts_event and not attempts_event["data"].get("answered"):
         failures = [e["data"] for e in result.get("trace", []) if e["event"] == "failed"]
-        print("no model answered:", file=sys.stderr)
+        reason = attempts_event["data"].get("reason") or "no model was tried"
+        print(f"no model answered: {reason}", file=sys.stderr)
         for failure in failures:
             print(f"  {failure['model']}: {failure['error']}", file=sys.stderr)
         replayed = [f for f in failures if resources.spec(f["model"]).provider == "replay"]

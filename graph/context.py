@@ -203,6 +203,13 @@ class Context(BaseModel):
                     f"sources are the deployment's settings, never a run's. Fix: drop these "
                     f"keys from the context and configure the server instead."
                 )
+            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
+            if unknown:
+                known = ", ".join(sorted(cls.model_fields))
+                raise ValueError(
+                    f"a run's context has no setting {', '.join(map(repr, unknown))}. "
+                    f"Fix: use one of {known} (see graph/context.py)."
+                )
         return data
 
     @field_validator("judges", mode="after")

@@ -32,7 +32,8 @@ async def finalize(
     if not attempts:
         budget = context.budget_usd
         reason = (
-            f"budget: no model's call fits ${budget:.6f} (pre-call bound)"
+            f"budget: no model's call fits ${budget:.6f} (pre-call bound: list prices x the "
+            f"query's tokens and the model's max_tokens); raise the budget to call one"
             if budget is not None
             else "no model could be planned"
         )

@@ -58,7 +58,20 @@ class RouterArtifacts:
                 f"{directory}: no router artifacts ({ROUTER_MANIFEST} missing). Fix: build them "
                 f"with `emafusion memory build --dataset NAME --out {directory}`."
             )
-        info = json.loads(manifest.read_text())
+        try:
+            info = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArtifactsError(
+                f"{manifest}: unreadable ({exc}). It is written last when a router is built, so "
+                f"a damaged one means the build did not finish or the file was edited. Fix: "
+                f"rebuild into an empty directory (`emafusion memory build --out DIR`), or "
+                f"restore the file from a backup."
+            ) from None
+        if not isinstance(info, dict):
+            raise ArtifactsError(
+                f"{manifest}: holds {type(info).__name__}, not an object. Fix: rebuild into an "
+                f"empty directory (`emafusion memory build --out DIR`)."
+            )
         memory = OutcomeMemory.load(directory / "memory", expected_embedder_id=embedder_id)
         classifier = CategoryClassifier.load(directory / "classifier.npz", embedder_id)
         return cls(memory, classifier, info)

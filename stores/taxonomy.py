@@ -83,9 +83,12 @@ def load_taxonomy(path: Path | str) -> Taxonomy:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
         return Taxonomy.model_validate(raw)
     except FileNotFoundError as exc:
-        raise TaxonomyError(f"{path}: no such taxonomy file.") from exc
+        raise TaxonomyError(
+            f"{path}: no such taxonomy file. Fix: name an existing TOML taxonomy (the "
+            f"defaults live in stores/taxonomies/), or leave it out to use the recordings' labels."
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise TaxonomyError(f"{path}: not valid TOML ({exc}).") from exc
+        raise TaxonomyError(f"{path}: not valid TOML ({exc}). Fix: correct the file.") from exc
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])

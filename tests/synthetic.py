@@ -43,9 +43,8 @@ def query_text(topic: str, i: int) -> str:
     """Topic words in the question and the options: what the embedder can tell apart."""
     words = TOPICS[topic].split()
     picked = [words[(i * 3 + k) % len(words)] for k in range(8)]
-    return (
-        f"Case {i}: {' '.join(picked[:4])}. Which holds?\n"
-        + "\n".join(f"{letter}. {word}" for letter, word in zip(LETTERS, picked[4:], strict=True))
+    return f"Case {i}: {' '.join(picked[:4])}. Which holds?\n" + "\n".join(
+        f"{letter}. {word}" for letter, word in zip(LETTERS, picked[4:], strict=True)
     )
 
 

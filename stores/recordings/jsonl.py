@@ -31,9 +31,13 @@ def _parse_line(raw: bytes, lineno: int) -> Record | str | None:
     if not text.strip():
         return None
     try:
-        return Record.model_validate_json(text)
+        record = Record.model_validate_json(text)
     except ValidationError as exc:
         return first_error(exc)
+    if not record.outcomes:
+        # Nothing to learn from and nothing a replay model could answer: a slip, not data.
+        return "field 'outcomes': empty; record at least one model's outcome for this query"
+    return record
 
 
 def load_jsonl(path: Path, skip_invalid: bool = False) -> RecordSet:

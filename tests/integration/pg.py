@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SKIP_REASON = (
-    "no test PostgreSQL: run `make pg-up` (or `eval \"$(bash .ci/pg.sh start)\"`) to start a "
+    'no test PostgreSQL: run `make pg-up` (or `eval "$(bash .ci/pg.sh start)"`) to start a '
     "throwaway cluster; CI starts one"
 )
 

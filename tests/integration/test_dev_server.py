@@ -162,7 +162,10 @@ async def test_a_client_cannot_name_server_paths_or_key_variables(
     thread = await client.threads.create()
     with pytest.raises(Exception) as caught:  # noqa: B017 - the SDK's error type varies
         await client.runs.wait(
-            thread["thread_id"], "router", input=inputs, context={"router_dir": str(elsewhere)},
+            thread["thread_id"],
+            "router",
+            input=inputs,
+            context={"router_dir": str(elsewhere)},
             raise_error=True,
         )
     assert "cannot set router_dir" in str(caught.value)

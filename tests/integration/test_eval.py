@@ -48,9 +48,7 @@ def test_eval_end_to_end_on_a_slice_and_the_served_router_runs_its_default_prese
     ]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert {"dataset", "split", "population", "n", "best_single", "rows", "presets"} <= set(
-        results
-    )
+    assert {"dataset", "split", "population", "n", "best_single", "rows", "presets"} <= set(results)
     assert results["dataset"] == "routerbench" and results["split"] == "test"
     assert results["n"] == 60
     rows = results["rows"]

@@ -143,7 +143,10 @@ def test_a_lost_database_queues_appends_answers_on_and_writes_them_on_reconnect(
         wait_until(lambda: store.health().queued == 0)
         health = store.health()
         assert (health.connected, health.flushed, health.dropped, health.outages) == (
-            True, 5, 2, health.outages,
+            True,
+            5,
+            2,
+            health.outages,
         ) and health.outages >= 1
         other.refresh()
         assert all(i in other for i in ids[:5]) and not any(i in other for i in ids[5:])
@@ -162,9 +165,11 @@ def test_one_elected_replica_compacts_in_the_background(pg_url: str) -> None:
         store = PostgresStore(pg_url, "m")
         # The store changes inside compact(), the counter just after: wait for both.
         wait_until(
-            lambda: store.current() != first
-            and store.backlog() == 0
-            and sum(f.stats.compactions for f in followers) >= 1
+            lambda: (
+                store.current() != first
+                and store.backlog() == 0
+                and sum(f.stats.compactions for f in followers) >= 1
+            )
         )
         assert sum(f.stats.leader for f in followers) == 1
         assert all(f.stats.compactions == 0 for f in followers if not f.stats.leader)
@@ -252,7 +257,11 @@ def test_outcome_records_round_trip_every_field(pg_url: str) -> None:
     mem = populated("flat", n=5)
     mem.save(PostgresStore(pg_url, "m"))
     outcome = OutcomeRecord(
-        model="m9", score=0.25, source="live_judged", cost_usd=1.5e-5, latency_s=0.75,
+        model="m9",
+        score=0.25,
+        source="live_judged",
+        cost_usd=1.5e-5,
+        latency_s=0.75,
         timestamp=1234.5678,
     )
     mem.append("q-fields", random_units(1, 32, 9)[0], [outcome], "math", category_is_label=True)

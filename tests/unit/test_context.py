@@ -53,8 +53,10 @@ def test_paths_and_sources_are_refused_with_the_deployment_setting(field: str) -
 
 
 def test_unknown_fields_are_refused() -> None:
-    with pytest.raises(ValidationError, match="escalation_treshold"):
+    with pytest.raises(ValidationError, match="escalation_treshold") as err:
         Context(escalation_treshold=0.5)  # type: ignore[call-arg]
+    # The fix is in the message: the settings there are, the misspelt one among them.
+    assert "Fix: use one of" in str(err.value) and "escalation_threshold" in str(err.value)
 
 
 def test_json_schema_holds_settings_only() -> None:

@@ -267,5 +267,3 @@ async def test_learned_combiner_decides_in_the_graph(
     tiny_resources.combiners = None
     with pytest.raises(ContextError, match="fitted: none"):
         await graph.ainvoke({"query": record.query, "record_id": record.id}, context=context)
-
-

@@ -61,6 +61,13 @@ def test_jsonl_invalid_line_names_line_and_field(tmp_path: Path) -> None:
     assert "--skip-invalid" in message
 
 
+def test_jsonl_line_without_outcomes_is_refused(tmp_path: Path) -> None:
+    path = _write_lines(tmp_path / "mine.jsonl", [_line(), _line(id="q2", outcomes={})])
+    with pytest.raises(RecordingError, match=r"mine.jsonl:2: field 'outcomes': empty"):
+        load_jsonl(path)
+    assert [r.id for r in load_jsonl(path, skip_invalid=True).records] == ["q1"]
+
+
 def test_jsonl_skip_invalid_counts(tmp_path: Path) -> None:
     lines = [_line(), "{not json", _line(id="q3", score=1), _line(id="q4")]
     path = _write_lines(tmp_path / "mine.jsonl", lines)

@@ -112,3 +112,15 @@ def test_a_router_built_for_other_recordings_is_refused(
 
     with pytest.raises(ArtifactsError, match="built from 'synthetic' recordings.*replays 'other'"):
         load_router(replace(deployment, recordings=other))
+
+
+@pytest.mark.parametrize("damage", [b"{", b"[1, 2]", b"\xff\xfe"])
+def test_a_damaged_manifest_is_a_clear_error(deployment: DeploymentSettings, damage: bytes) -> None:
+    load_router(deployment)
+    assert deployment.router_dir is not None
+    manifest = deployment.router_dir / ROUTER_MANIFEST
+    manifest.write_bytes(damage)
+    with pytest.raises(ArtifactsError, match="Fix: rebuild into an empty directory") as err:
+        load_router(deployment)
+    assert str(manifest) in str(err.value)
+    assert (deployment.router_dir / "memory").is_dir()  # nothing was rebuilt over it

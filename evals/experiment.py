@@ -29,6 +29,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from emafusion.evals.baselines import Matrices, Row, choose_disagreement_pair, complete
 from emafusion.evals.readoff import router_row
+from emafusion.evals.signal_quality import stop_signal_quality
 from emafusion.evals.summary import summarize
 from emafusion.graph.context import Context
 from emafusion.graph.router import make_graph
@@ -176,12 +177,12 @@ class Evaluation:
             rows = self._baselines(train, test, best)
             recorded_cost = Matrices.build(test, pool).recorded_cost
         with phases("graph"):
-            router_rows, drift, default_results = await self._presets_on_test(
-                chosen, test, s_test
-            )
+            router_rows, drift, default_results = await self._presets_on_test(chosen, test, s_test)
         rows += router_rows
         with phases("curves"):
             sweep, ablations = self._curves(chosen, s_test, model)
+            default = next(c for c in chosen if c.name == "default")
+            stop_signal = stop_signal_quality(self._traces(default, s_test))
         rows += ablations
         with phases("failover"):
             # The queries some model has no recording of, through the graph; the complete
@@ -218,6 +219,7 @@ class Evaluation:
             concurrency=self.concurrency,
             fusion=model,
         )
+        summary["stop_signal"] = {"plan": describe(default.plan), **stop_signal}
         summary["phases_s"] = {k: round(v, 1) for k, v in phases.seconds.items()}
         self.log(phases.closing_line())
         return summary

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from emafusion.evals.metrics import upper_hull
+from emafusion.evals.signal_quality import signal_quality_markdown
 from emafusion.stores.atomic import write_text_atomic
 
 
@@ -85,6 +86,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"{c['best_single_accuracy']:.4f} | "
             f"{100 * (c['router_accuracy'] - c['best_single_accuracy']):+.2f} |"
         )
+    if "stop_signal" in results:
+        lines += [
+            "",
+            *signal_quality_markdown(results["stop_signal"], results["stop_signal"]["plan"]),
+        ]
     lines += [
         "",
         "All queries (" + results["all_queries"]["population"] + "):",

@@ -58,6 +58,11 @@ def test_eval_end_to_end_on_a_slice_and_the_served_router_runs_its_default_prese
     names = {row["name"] for row in rows}
     assert {"random", "oracle", "agreement cascade", "vote of the top 3"} <= names
     assert {"emafusion default", "emafusion cheap", "emafusion max"} <= names
+    # The stopping signal's quality, per level: every fused answer of every stage counted.
+    levels = results["stop_signal"]["levels"]
+    assert levels[0]["group"] == "level 1" and levels[-1]["group"] == "all levels"
+    assert levels[-1]["n"] == sum(row["n"] for row in levels[:-1]) >= results["n"]
+    assert all(row["auroc"] is None or 0.0 <= row["auroc"] <= 1.0 for row in levels)
     oracle = next(row for row in rows if row["name"] == "oracle")
     assert all(oracle["accuracy"] >= row["accuracy"] for row in rows)
     assert results["best_single"] in names

@@ -50,10 +50,8 @@ def _session(args: argparse.Namespace) -> JudgesSession:
 
 def _judge_list(args: argparse.Namespace) -> tuple[str, ...]:
     from emafusion.nodes.judges import UnknownJudgeError, get_judge
-    from emafusion.train.judges import (
-        OFFLINE_JUDGES,
-        JudgesError,
-    )
+    from emafusion.train.judge_names import OFFLINE_JUDGES
+    from emafusion.train.judges import JudgesError
 
     names = [n.strip() for n in (args.judges or ",".join(OFFLINE_JUDGES)).split(",") if n.strip()]
     if args.llm_judge and "llm" not in names:
@@ -216,9 +214,7 @@ def cmd_judges_report(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    from emafusion.train.judges import (
-        OFFLINE_JUDGES,
-    )
+    from emafusion.train.judge_names import OFFLINE_JUDGES  # a leaf: help stays light
 
     add_source_args(parser, skip_invalid=False)
     parser.add_argument(

@@ -30,8 +30,6 @@ from emafusion.train.threshold import Goal
 from emafusion.train.traces import JudgedTraces
 from emafusion.train.verifier import train_verifier
 
-OFFLINE_JUDGES = ("memory_prior", "answer_format", "agreement", "verifier")
-
 
 class JudgesError(ValueError):
     pass

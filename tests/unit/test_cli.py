@@ -96,3 +96,17 @@ def test_ask_leaves_what_it_is_not_told_to_the_preset() -> None:
     )
     assert told.model_fields_set == {"preset", "escalation_threshold", "record_outcomes"}
     assert (told.preset, told.escalation_threshold) == ("cheap", 0.9)
+
+
+def test_building_the_parser_loads_no_graph_model_or_index_library() -> None:
+    code = (
+        "import sys\n"
+        "from emafusion.cli.main import build_parser\n"
+        "build_parser().format_help()\n"
+        "heavy = {'langgraph', 'langchain_core', 'faiss', 'torch', 'onnxruntime', 'fastapi'}\n"
+        "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]", f"`emafusion --help` imports {loaded}"

@@ -9,9 +9,9 @@ of the answering model), the rest only the judges' verdicts.
 
 Scenarios:
 - `warm`: the memory from train, the stream as recorded.
-- `drift`: from query T on, one model answers a share of its queries with a wrong recorded
-  answer (another model's wrong answer to the same query, else its own answer to another
-  query) and is scored wrong; the router should move its traffic away.
+- `drift`: from query T on, one model answers a share of the queries it had right with a
+  wrong recorded answer (another model's wrong answer to the same query, else its own
+  answer to another query) and is scored wrong; the router should move its traffic away.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from emafusion.graph.context import Context
 from emafusion.graph.router import make_graph
 from emafusion.nodes.feedback import submit_feedback
 from emafusion.nodes.resources import RouterResources
+from emafusion.stores.answers import answer_key
 from emafusion.stores.cost import COST_RECORDED
 from emafusion.stores.pool import Pool
 from emafusion.stores.providers import ReplayChatModel, ReplayStore, recorded_call_cost
@@ -64,29 +65,37 @@ def stream_order(records: RecordSet, pool: Pool, seed: int = 0, limit: int = 0) 
 
 
 def _wrong_response(stream: Sequence[Record], i: int, model: str) -> str:
-    """A recorded answer that is wrong for query i: another model's wrong answer to it,
-    else the model's own answer to the previous query (an answer to another question)."""
+    """A recorded answer that is wrong for query i, where the model was right: another
+    model's wrong answer to it; else the model's own answer to an earlier query that
+    commits to another answer here (a reply to another question); else nothing."""
     record = stream[i]
     for name in sorted(record.outcomes):
         outcome = record.outcomes[name]
         if name != model and outcome.score < 0.5 and outcome.response:
             return outcome.response
-    other = stream[i - 1] if i > 0 else stream[(i + 1) % len(stream)]
-    return other.outcomes[model].response or ""
+    own = record.outcomes[model].response
+    right = answer_key(record.query, own)
+    for j in [*range(i - 1, -1, -1), *range(i + 1, len(stream))]:
+        other = stream[j].outcomes.get(model)
+        text = other.response if other is not None else None
+        if text and text != own and answer_key(record.query, text) != right:
+            return text
+    return ""
 
 
 def degrade(
     stream: Sequence[Record], model: str, start: int, share: float, seed: int = 0
 ) -> tuple[list[Record], set[str]]:
-    """The stream with `model`'s answer replaced by a wrong recorded one, scored 0, on a
-    seeded `share` of the queries from position `start` on; and the ids replaced. Cost and
-    tokens stay the recorded ones: the model got worse, not cheaper."""
+    """The stream with `model`'s right answer replaced by a wrong recorded one, scored 0,
+    on a seeded `share` of the queries from position `start` on (where it was wrong
+    already, it stays so); and the ids replaced. Cost and tokens stay the recorded ones:
+    the model got worse, not cheaper."""
     out, degraded = list(stream), set[str]()
     for i in range(start, len(stream)):
         record = stream[i]
-        if model not in record.outcomes or unit(seed, record.id, "drift") >= share:
+        old = record.outcomes.get(model)
+        if old is None or old.score < 0.5 or unit(seed, record.id, "drift") >= share:
             continue
-        old = record.outcomes[model]
         new = Outcome(
             response=_wrong_response(stream, i, model),
             score=0.0,
@@ -146,10 +155,7 @@ async def replay(
     for start in range(0, len(stream), batch):
         chunk = stream[start : start + batch]
         outputs = await asyncio.gather(
-            *(
-                graph.ainvoke({"query": r.query, "record_id": r.id}, context=context)
-                for r in chunk
-            )
+            *(graph.ainvoke({"query": r.query, "record_id": r.id}, context=context) for r in chunk)
         )
         for record, output in zip(chunk, outputs, strict=True):
             result = score_result(record, output)
@@ -295,7 +301,7 @@ async def run_scenario(
     if settings.scenario == "drift":
         drift_at = settings.drift_at if settings.drift_at is not None else len(stream) // 3
         if not 0 < drift_at < len(stream):
-            raise ValueError(f"drift point {drift_at} is outside the stream (1..{len(stream)-1})")
+            raise ValueError(f"drift point {drift_at} is outside the stream (1..{len(stream) - 1})")
         static = await replay(static_res, stream[:drift_at], static_ctx, **common, log=log)
         model = settings.drift_model or _most_used(static)
         if model not in pool.names:

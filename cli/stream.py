@@ -30,6 +30,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         drift_at=args.drift_at,
         drift_model=args.drift_model,
         drift_share=args.drift_share,
+        new_model=args.new_model,
     )
     started = time.perf_counter()
     records = load_records(args)
@@ -72,7 +73,7 @@ def add_stream_commands(commands: argparse._SubParsersAction) -> None:
         help="replay validation + test as a stream: the router learns from its own traffic",
     )
     add_source_args(parser)
-    parser.add_argument("--scenario", choices=("warm", "drift"), default="warm")
+    parser.add_argument("--scenario", choices=("warm", "drift", "new-model"), default="warm")
     parser.add_argument(
         "--feedback",
         type=float,
@@ -90,11 +91,16 @@ def add_stream_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--window", type=int, default=200, help="queries per window")
     parser.add_argument("--limit", type=int, default=0, help="only the first N stream queries")
     parser.add_argument("--concurrency", type=int, default=4, help="queries routed at once")
-    parser.add_argument("--drift-at", type=int, help="drift: first degraded query (default N/3)")
+    parser.add_argument(
+        "--drift-at", type=int, help="drift / new-model: the query T it starts at (default N/3)"
+    )
     parser.add_argument(
         "--drift-model", help="drift: the model that degrades (default: the most used before T)"
     )
     parser.add_argument(
         "--drift-share", type=float, default=0.5, help="drift: share of its answers made wrong"
+    )
+    parser.add_argument(
+        "--new-model", help="new-model: the model that joins at T (default: best on train)"
     )
     parser.set_defaults(handler=cmd_stream)

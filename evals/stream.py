@@ -12,6 +12,8 @@ Scenarios:
 - `drift`: from query T on, one model answers a share of the queries it had right with a
   wrong recorded answer (another model's wrong answer to the same query, else its own
   answer to another query) and is scored wrong; the router should move its traffic away.
+- `new-model`: one model (default: the most accurate on train) is out of the pool and the
+  memory until query T, then joins the pool with no history; does the router find it?
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from emafusion.graph.router import make_graph
 from emafusion.nodes.feedback import submit_feedback
 from emafusion.nodes.resources import RouterResources
 from emafusion.stores.answers import answer_key
+from emafusion.stores.artifacts import build_router_artifacts
 from emafusion.stores.cost import COST_RECORDED
 from emafusion.stores.pool import Pool
 from emafusion.stores.providers import ReplayChatModel, ReplayStore, recorded_call_cost
 from emafusion.stores.recordings import Outcome, Record, RecordSet
 from emafusion.train.graph_runs import score_result
 
-SCENARIOS = ("warm", "drift")
+SCENARIOS = ("warm", "drift", "new-model")
 STREAM_SPLITS = ("validation", "test")
 ResourceFactory = Callable[[], RouterResources]
 
@@ -231,6 +234,7 @@ class StreamSettings:
     drift_at: int | None = None  # default: a third of the stream
     drift_model: str | None = None  # default: the static router's most used model before T
     drift_share: float = 0.5
+    new_model: str | None = None  # new-model: who joins at T (default: best on train)
     preset: str = "default"
 
     def __post_init__(self) -> None:
@@ -257,6 +261,7 @@ class StreamRun:
     drift_at: int | None = None
     drift_model: str | None = None
     degraded_ids: set[str] = field(default_factory=set)
+    new_model: str | None = None
     memory_before: int = 0
     memory_after: int = 0
     static_memory_unchanged: bool = True
@@ -265,7 +270,8 @@ class StreamRun:
 def _context(resources: RouterResources, settings: StreamSettings, record: bool) -> Context:
     # Without an evaluated preset the run uses Context's defaults (what a bare router does).
     has_preset = resources.presets is not None and settings.preset in resources.presets.presets
-    if has_preset:
+    # A preset fitted with the newcomer in the pool would not describe the router before it.
+    if has_preset and settings.scenario != "new-model":
         return Context(preset=settings.preset, record_outcomes=record)
     return Context(record_outcomes=record)
 
@@ -275,6 +281,49 @@ def _most_used(steps: Sequence[Step]) -> str:
     if not counts:
         raise ValueError("the static router answered no query before T: no model to degrade")
     return counts.most_common(1)[0][0]
+
+
+def without_model(resources: RouterResources, records: RecordSet, model: str) -> Pool:
+    """Take `model` out of the router: the pool without it, and the memory and classifier
+    rebuilt from train as if it had never answered. Returns the full pool, for joining."""
+    full = resources.pool
+    pool = Pool(dataset=full.dataset, models=[m for m in full.models if m.name != model])
+    stripped = RecordSet(
+        records.name,
+        [
+            r.model_copy(update={"outcomes": {k: v for k, v in r.outcomes.items() if k != model}})
+            for r in records.records
+        ],
+        source=f"{records.source}, without {model}",
+    )
+    artifacts = build_router_artifacts(
+        stripped,
+        resources.embedder,
+        resources.taxonomy,
+        pool,
+        splits=("train",),
+        calibrate_on="validation",
+    )
+    resources.memory, resources.classifier = artifacts.memory, artifacts.classifier
+    # The evaluated fusion model and presets were fitted with it: they do not apply.
+    resources.fusion, resources.presets = None, None
+    resources.pool = pool
+    return full
+
+
+async def _replay_joining(
+    resources: RouterResources,
+    records: RecordSet,
+    stream: Sequence[Record],
+    at: int,
+    model: str,
+    context: Context,
+    **options: Any,
+) -> list[Step]:
+    full = without_model(resources, records, model)
+    steps = await replay(resources, stream[:at], context, **options)
+    resources.pool = full  # it joins, with no history
+    return steps + await replay(resources, stream[at:], context, **options)
 
 
 async def run_scenario(
@@ -296,6 +345,7 @@ async def run_scenario(
     drift_at: int | None = None
     model: str | None = None
     degraded_ids: set[str] = set()
+    newcomer: str | None = None
     scored = stream
     log(f"[static] {len(stream):,} queries, recording off")
     if settings.scenario == "drift":
@@ -310,6 +360,18 @@ async def run_scenario(
         log(f"[drift] {model} degraded on {len(degraded_ids):,} queries from query {drift_at}")
         serve_degraded(static_res, model, scored)
         static += await replay(static_res, scored[drift_at:], static_ctx, **common, log=log)
+    elif settings.scenario == "new-model":
+        drift_at = settings.drift_at if settings.drift_at is not None else len(stream) // 3
+        if not 0 < drift_at < len(stream):
+            raise ValueError(f"join point {drift_at} is outside the stream (1..{len(stream) - 1})")
+        newcomer = settings.new_model or _best_on_train(records, pool)
+        if newcomer not in pool.names:
+            raise ValueError(f"new model {newcomer!r} is not in the pool ({', '.join(pool.names)})")
+        log(f"[new-model] {newcomer} joins at query {drift_at}, with no history")
+        static = await _replay_joining(
+            static_res, records, stream, drift_at, newcomer, static_ctx, **common, log=log
+        )
+        fingerprint = _memory_fingerprint(static_res)  # the memory rebuilt without it
     else:
         static = await replay(static_res, stream, static_ctx, **common, log=log)
     unchanged = _memory_fingerprint(static_res) == fingerprint
@@ -318,14 +380,15 @@ async def run_scenario(
         serve_degraded(learning_res, model, scored)
     before = len(learning_res.memory)
     log(f"[learning] recording on, feedback on {settings.feedback:.0%} of the answers")
-    learning = await replay(
-        learning_res,
-        scored,
-        _context(learning_res, settings, record=True),
-        feedback=settings.feedback,
-        **common,
-        log=log,
-    )
+    learning_ctx = _context(learning_res, settings, record=True)
+    options: dict[str, Any] = {**common, "feedback": settings.feedback, "log": log}
+    if settings.scenario == "new-model":
+        assert drift_at is not None and newcomer is not None
+        learning = await _replay_joining(
+            learning_res, records, scored, drift_at, newcomer, learning_ctx, **options
+        )
+    else:
+        learning = await replay(learning_res, scored, learning_ctx, **options)
     return StreamRun(
         settings=settings,
         dataset=records.name,
@@ -339,7 +402,13 @@ async def run_scenario(
         memory_before=before,
         memory_after=len(learning_res.memory),
         static_memory_unchanged=unchanged,
+        new_model=newcomer,
     )
+
+
+def _best_on_train(records: RecordSet, pool: Pool) -> str:
+    m = Matrices.build(complete(records.split("train"), pool), pool)
+    return m.models[int(np.argmax(np.nanmean(m.score, axis=0)))]
 
 
 def _memory_fingerprint(resources: RouterResources) -> tuple[int, tuple[tuple[str, int], ...]]:

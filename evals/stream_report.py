@@ -67,9 +67,10 @@ def windows(run: StreamRun) -> list[dict[str, Any]]:
             "learning_shares": _shares(run.learning[part]),
             "feedback_sent": sum(1 for s in run.learning[part] if s.feedback),
         }
-        if run.drift_model is not None:
-            row["degraded_share_learning"] = model_share(run.learning[part], run.drift_model)
-            row["degraded_share_static"] = model_share(run.static[part], run.drift_model)
+        tracked = run.drift_model or run.new_model
+        if tracked is not None:
+            row["tracked_share_learning"] = model_share(run.learning[part], tracked)
+            row["tracked_share_static"] = model_share(run.static[part], tracked)
         out.append(row)
     return out
 
@@ -152,6 +153,16 @@ def summary(run: StreamRun) -> dict[str, Any]:
             "degraded_queries": len(run.degraded_ids),
             **(halving(run) or {}),
         }
+    if run.new_model is not None and run.drift_at is not None:
+        t, model = run.drift_at, run.new_model
+        out["new_model"] = {
+            "model": model,
+            "at_query": t,
+            "share_after_learning": round(model_share(run.learning[t:], model), 4),
+            "share_after_static": round(model_share(run.static[t:], model), 4),
+            "accuracy_after_learning": float(learn_c[t:].mean()),
+            "accuracy_after_static": float(static_c[t:].mean()),
+        }
     return out
 
 
@@ -161,6 +172,7 @@ def _correct_cost(run: StreamRun) -> tuple[float, float]:
 
 def markdown(results: dict[str, Any]) -> str:
     r = results
+    tracked = r["drift"]["model"] if "drift" in r else r.get("new_model", {}).get("model")
     lines = [
         f"# Stream: {r['dataset']}, scenario `{r['scenario']}`, feedback {r['feedback']:.0%}",
         "",
@@ -172,8 +184,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "| queries | learning acc | static acc | best single acc | oracle acc | learning "
         "cost/1k | static cost/1k | best single cost/1k | oracle cost/1k | cum. regret | "
-        "static cum. regret |" + (" degraded share learning | static |" if "drift" in r else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if "drift" in r else ""),
+        "static cum. regret |" + (f" {tracked} share learning | static |" if tracked else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if tracked else ""),
     ]
     for w in r["windows"]:
         line = (
@@ -184,8 +196,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{w['oracle_cost_per_1k']:.4f} | {w['cumulative_regret']:.1f} | "
             f"{w['static_cumulative_regret']:.1f} |"
         )
-        if "drift" in r:
-            line += f" {w['degraded_share_learning']:.3f} | {w['degraded_share_static']:.3f} |"
+        if tracked:
+            line += f" {w['tracked_share_learning']:.3f} | {w['tracked_share_static']:.3f} |"
         lines.append(line)
     lines += [
         "",
@@ -222,6 +234,14 @@ def markdown(results: dict[str, Any]) -> str:
             + f": target within {d['target_queries']} "
             f"{'met' if d['meets_target'] else 'NOT met'}."
         )
+    if "new_model" in r:
+        n = r["new_model"]
+        lines.append(
+            f"New model: {n['model']} joined at query {n['at_query']} with no history; its share "
+            f"of the answers after: learning {n['share_after_learning']:.3f}, static "
+            f"{n['share_after_static']:.3f}; accuracy after: learning "
+            f"{n['accuracy_after_learning']:.4f}, static {n['accuracy_after_static']:.4f}."
+        )
     last = r["windows"][-1]["learning_shares"]
     lines.append(
         "Learning router's shares in the last window: "
@@ -247,9 +267,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ):
         acc.plot(x, [w[f"{key}_accuracy"] for w in ws], marker="o", label=label)
         cost.plot(x, [w[f"{key}_cost_per_1k"] for w in ws], marker="o", label=label)
-    if "drift" in results:
+    event = results.get("drift") or results.get("new_model")
+    if event:
         for ax in (acc, cost):
-            ax.axvline(results["drift"]["at_query"], color="grey", linestyle="--")
+            ax.axvline(event["at_query"], color="grey", linestyle="--")
     acc.set_ylabel(f"accuracy per {results['window']} queries")
     cost.set_ylabel(f"cost per 1k queries ({results['cost_basis']})")
     cost.set_yscale("log")

@@ -130,7 +130,7 @@ async def test_a_drift_scenario_compares_both_runs_on_one_stream(
     # Degraded answers are scored wrong: no run beats the degraded recordings' oracle.
     assert results["oracle"]["accuracy"] >= results["learning"]["accuracy"]
     table = markdown(results)
-    assert "degraded share learning" in table and "Drift: large" in table
+    assert "large share learning" in table and "Drift: large" in table
 
 
 def test_bad_settings_are_clear_errors() -> None:
@@ -159,3 +159,37 @@ def test_the_command_writes_table_json_and_plot(
     assert results["static_memory_unchanged"] and results["feedback_sent"] > 0
     assert (tmp_path / "out" / "warm-feedback-0.2.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "out" / "warm-feedback-0.2.md").read_text().startswith("# Stream")
+
+
+async def test_a_new_model_joins_at_t_with_no_history(synthetic_records: RecordSet) -> None:
+    settings = StreamSettings(scenario="new-model", window=40, feedback=0.5)
+    run = await run_scenario(
+        lambda: synthetic.make_resources(synthetic_records),
+        synthetic_records,
+        synthetic.make_pool(),
+        settings,
+        log=lambda _: None,
+    )
+    assert run.new_model == "large"  # the most accurate on train
+    t = run.drift_at
+    assert t == len(run.stream) // 3
+    for steps in (run.static, run.learning):
+        assert all(s.model != "large" for s in steps[:t])  # out of the pool before T
+    assert run.static_memory_unchanged
+    results = summary(run)
+    assert results["new_model"]["model"] == "large"
+    assert "New model: large joined" in markdown(results)
+
+
+def test_without_a_model_the_memory_has_no_history_of_it(
+    tiny_resources: RouterResources, synthetic_records: RecordSet
+) -> None:
+    from emafusion.evals.stream import without_model
+
+    full = without_model(tiny_resources, synthetic_records, "large")
+    assert "large" in full.names and "large" not in tiny_resources.pool.names
+    memory = tiny_resources.memory
+    assert len(memory) == len(synthetic_records.split("train"))
+    for query_id in memory.query_ids[:50]:
+        stored = memory.get(query_id)
+        assert stored is not None and "large" not in stored.outcomes

@@ -313,14 +313,13 @@ def without_model(resources: RouterResources, records: RecordSet, model: str) ->
 
 async def _replay_joining(
     resources: RouterResources,
-    records: RecordSet,
     stream: Sequence[Record],
     at: int,
-    model: str,
+    full: Pool,
     context: Context,
     **options: Any,
 ) -> list[Step]:
-    full = without_model(resources, records, model)
+    """The stream up to `at` with the resources as they are, then with the `full` pool."""
     steps = await replay(resources, stream[:at], context, **options)
     resources.pool = full  # it joins, with no history
     return steps + await replay(resources, stream[at:], context, **options)
@@ -368,10 +367,11 @@ async def run_scenario(
         if newcomer not in pool.names:
             raise ValueError(f"new model {newcomer!r} is not in the pool ({', '.join(pool.names)})")
         log(f"[new-model] {newcomer} joins at query {drift_at}, with no history")
-        static = await _replay_joining(
-            static_res, records, stream, drift_at, newcomer, static_ctx, **common, log=log
-        )
+        full = without_model(static_res, records, newcomer)
         fingerprint = _memory_fingerprint(static_res)  # the memory rebuilt without it
+        static = await _replay_joining(
+            static_res, stream, drift_at, full, static_ctx, **common, log=log
+        )
     else:
         static = await replay(static_res, stream, static_ctx, **common, log=log)
     unchanged = _memory_fingerprint(static_res) == fingerprint
@@ -384,8 +384,10 @@ async def run_scenario(
     options: dict[str, Any] = {**common, "feedback": settings.feedback, "log": log}
     if settings.scenario == "new-model":
         assert drift_at is not None and newcomer is not None
+        full = without_model(learning_res, records, newcomer)
+        before = len(learning_res.memory)
         learning = await _replay_joining(
-            learning_res, records, scored, drift_at, newcomer, learning_ctx, **options
+            learning_res, scored, drift_at, full, learning_ctx, **options
         )
     else:
         learning = await replay(learning_res, scored, learning_ctx, **options)

@@ -175,7 +175,7 @@ async def test_a_new_model_joins_at_t_with_no_history(synthetic_records: RecordS
     assert t == len(run.stream) // 3
     for steps in (run.static, run.learning):
         assert all(s.model != "large" for s in steps[:t])  # out of the pool before T
-    assert run.static_memory_unchanged
+    assert run.static_memory_unchanged and run.memory_after > run.memory_before
     results = summary(run)
     assert results["new_model"]["model"] == "large"
     assert "New model: large joined" in markdown(results)
@@ -193,3 +193,14 @@ def test_without_a_model_the_memory_has_no_history_of_it(
     for query_id in memory.query_ids[:50]:
         stored = memory.get(query_id)
         assert stored is not None and "large" not in stored.outcomes
+
+
+async def test_the_static_run_records_nothing(
+    tiny_resources: RouterResources, synthetic_records: RecordSet
+) -> None:
+    before = len(tiny_resources.memory)
+    stream = stream_order(synthetic_records, synthetic.make_pool(), limit=30)
+    steps = await replay(tiny_resources, stream, Context(record_outcomes=False))
+    assert any(s.model for s in steps)
+    assert len(tiny_resources.memory) == before
+    assert all(s.record_id not in tiny_resources.memory for s in steps)

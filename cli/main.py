@@ -14,6 +14,7 @@ from emafusion.cli.feedback import add_feedback_commands
 from emafusion.cli.judges import add_judges_commands
 from emafusion.cli.memory import add_memory_commands
 from emafusion.cli.serve import add_serve_commands
+from emafusion.cli.stream import add_stream_commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(commands)
     add_feedback_commands(commands)
     add_serve_commands(commands)
+    add_stream_commands(commands)
     return parser
 
 

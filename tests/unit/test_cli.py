@@ -21,6 +21,7 @@ COMMANDS = {
     "eval": ("--dataset", "--limit", "--no-progress"),
     "feedback": ("--run-id", "--query-id", "--model", "--score"),
     "serve": ("--router-dir", "--host", "--api-keys-file", "--api-keys-env"),
+    "stream": ("--scenario", "--feedback", "--recordings", "--out"),
 }
 
 

@@ -76,6 +76,8 @@ class StaticMiniLMEmbedder:
         cache_dir: str | Path | None = None,
     ) -> None:
         check_minilm_settings(max_seq_length, truncation)
+        if dims < 1:  # the upper bound is the model's width, checked when the table loads
+            raise ValueError(f"dims must be >= 1, got {dims}")
         self.dims = dims
         self.max_seq_length = max_seq_length
         self.truncation: Truncation = truncation

@@ -1,9 +1,11 @@
 """Benchmark: MiniLM embedding paths against sentence-transformers, each in a fresh process.
 
-Per path (sentence-transformers = the baseline, ONNX fp32, ONNX int8), in its own subprocess
-so that RSS and start-up are that path's alone:
-  * start-up: import the package + build the embedder + embed the first query (the ONNX file
-    is exported beforehand, once; its one-off build time is printed separately);
+Per path (sentence-transformers = the baseline, ONNX fp32, ONNX int8, the static table
+distilled from the same weights), in its own subprocess so that RSS and start-up are that
+path's alone:
+  * start-up: import the package + build the embedder + embed the first query (the ONNX files
+    and the static table are built beforehand, once; their one-off build times are printed
+    separately);
   * batch-1 latency, p50 and p99, over real routing texts (validation queries);
   * batch-256 throughput (texts per second), over the same kind of texts;
   * peak RSS of the process.
@@ -23,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PATHS = ("sentence-transformers", "onnx", "onnx-int8")
+PATHS = ("sentence-transformers", "onnx", "onnx-int8", "static")
 
 
 def worker(kind: str, texts_file: Path, cache_dir: Path, queries: int, batches: int) -> None:
@@ -104,7 +106,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="mmlu-pro")
     parser.add_argument("--queries", type=int, default=200, help="batch-1 samples per path")
     parser.add_argument("--batches", type=int, default=4, help="batch-256 runs (best counts)")
-    parser.add_argument("--cache-dir", type=Path, help="where the ONNX files are kept")
+    parser.add_argument("--cache-dir", type=Path, help="where the ONNX files and table are kept")
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--texts", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -118,12 +120,15 @@ def main() -> None:
 
     from emafusion.stores.onnx_embedder import OnnxMiniLMEmbedder
     from emafusion.stores.onnx_export import manifest_path
+    from emafusion.stores.static_embedder import StaticMiniLMEmbedder
 
     builds = {}
     for variant in ("fp32", "int8"):
         embedder = OnnxMiniLMEmbedder(variant, cache_dir=cache_dir)
         path = embedder.prepare()  # export once, outside the timings
-        builds[variant] = json.loads(manifest_path(path).read_text())
+        builds[f"ONNX {variant}"] = json.loads(manifest_path(path).read_text())
+    table = StaticMiniLMEmbedder(cache_dir=cache_dir).prepare()  # distil once, likewise
+    builds["static table"] = json.loads(manifest_path(table).read_text())
     texts = routing_texts(args.dataset, max(args.queries, 256))
     load_before = _load()
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,9 +163,9 @@ def main() -> None:
         "threads) per query, less sensitive than wall time to other load on the machine."
     )
     print(f"load average before/after: {load_before} / {_load()}")
-    for variant, build in builds.items():
+    for name, build in builds.items():
         size_mb = build["size"] / 2**20
-        print(f"ONNX {variant}: {size_mb:.0f} MB file, one-off build {build['build_seconds']} s")
+        print(f"{name}: {size_mb:.0f} MB file, one-off build {build['build_seconds']} s")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Benchmark: does the router learn as well on each embedding path as on sentence-transformers?
 
-For each dataset and each path (sentence-transformers = the baseline, ONNX fp32, ONNX int8),
-builds the outcome memory and the category classifier on train exactly as
-`emafusion memory build` does (`build_router_artifacts`), then on validation reports
+For each dataset and each path (sentence-transformers = the baseline, ONNX fp32, ONNX int8,
+static: the token table distilled from the same weights), builds the outcome memory and the
+category classifier on train exactly as `emafusion memory build` does
+(`build_router_artifacts`), then on validation reports
   * the AUROC of predicted success for (query, model) correctness, as `emafusion memory
     report` computes it (k=20, every recorded (query, model) pair);
   * the category classifier's accuracy (most probable category == the recorded one);
@@ -11,7 +12,8 @@ with each path's difference to sentence-transformers. The target is |difference|
 Vectors go to a dedicated embedding cache (default .cache/embed-quality, git-ignored), so a
 rerun only recomputes the tables; the first run embeds ~12k MMLU-Pro texts per path (minutes).
 
-Usage:  .venv/bin/python bench/embed_quality.py [--dataset routerbench] [--cache-dir DIR]
+Usage:  .venv/bin/python bench/embed_quality.py [--dataset routerbench] [--path static]
+        [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from emafusion.stores.embeddings import CachedEmbedder, EmbedderKind, make_embed
 from emafusion.stores.metrics import auroc
 from emafusion.stores.recordings import load_dataset
 
-PATHS: tuple[EmbedderKind, ...] = ("sentence-transformers", "onnx", "onnx-int8")
+PATHS: tuple[EmbedderKind, ...] = ("sentence-transformers", "onnx", "onnx-int8", "static")
 DATASETS = ("routerbench", "mmlu-pro")
 TARGET = 0.005
 
@@ -68,7 +70,7 @@ def evaluate(dataset: str, kind: EmbedderKind, cache_dir: Path, k: int) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", choices=DATASETS, action="append", help="default: both")
-    parser.add_argument("--path", choices=PATHS[1:], action="append", help="default: both ONNX")
+    parser.add_argument("--path", choices=PATHS[1:], action="append", help="default: all")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/embed-quality"))
     parser.add_argument("-k", type=int, default=20)
     args = parser.parse_args()

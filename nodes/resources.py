@@ -32,7 +32,7 @@ from emafusion.stores.artifacts import (
     default_router_dir,
 )
 from emafusion.stores.combiner import CombinerBook, load_combiners
-from emafusion.stores.embeddings import Embedder, default_embedder
+from emafusion.stores.embeddings import EMBEDDER_KINDS, Embedder, default_embedder
 from emafusion.stores.fusion import FusionModel, load_fusion
 from emafusion.stores.memory import ModelStats, OutcomeMemory, OutcomeMemoryError
 from emafusion.stores.memory.postgres import open_postgres_memory
@@ -336,7 +336,7 @@ def _artifacts(
             f"{router_dir} was built with another embedder than this process uses "
             f"({embedder.id}): {exc}. Fix: rebuild it (`emafusion eval`, or `emafusion memory "
             f"build --out {router_dir}`), or set EMAFUSION_EMBEDDER to the embedder it was "
-            f"built with (onnx | onnx-int8 | sentence-transformers)."
+            f"built with ({' | '.join(EMBEDDER_KINDS)})."
         ) from exc
     except ArtifactsError:
         # Only a directory with nothing in it is built anew: anything else (a memory

@@ -9,15 +9,18 @@ identity (``id``) that changes whenever the vectors would change. The id is what
   never needs the network), runs on one of two paths:
   - `OnnxMiniLMEmbedder` (`emafusion.stores.onnx_embedder`): ONNX Runtime, fp32 or int8, no
     torch at run time, bit-identical vectors whatever the batch; the default;
-  - `MiniLMEmbedder`: sentence-transformers on torch; the fallback.
+  - `MiniLMEmbedder`: sentence-transformers on torch; the fallback;
+  - `StaticMiniLMEmbedder` (`emafusion.stores.static_embedder`): opt-in only, a static token
+    table distilled from the same weights (mean of word-piece vectors); microseconds per
+    query instead of milliseconds, at a measured loss of quality (bench/embed_quality.py).
 * `HashEmbedder` is a tiny deterministic bag-of-words embedder for tests and offline tooling.
 * `EmbeddingCache` / `CachedEmbedder` (`emafusion.stores.embedding_cache`) store vectors in
   SQLite keyed by (embedder id, sha256 of the text), so each text is embedded once across runs.
 
 `default_embedder` picks the path: its ``kind`` argument, else ``$EMAFUSION_EMBEDDER``
-(``onnx``, ``onnx-int8``, ``sentence-transformers`` or ``auto``), else ``auto``: ONNX when
-onnxruntime imports and its model file exists or can be built, sentence-transformers
-otherwise. Each path has its own id.
+(``onnx``, ``onnx-int8``, ``sentence-transformers``, ``static`` or ``auto``), else ``auto``:
+ONNX when onnxruntime imports and its model file exists or can be built, sentence-transformers
+otherwise ("auto" never picks ``static``). Each path has its own id.
 
 Importing this module is cheap: torch, sentence-transformers and onnxruntime load on first use.
 """
@@ -82,13 +85,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EMBEDDER_ENV = "EMAFUSION_EMBEDDER"
-EmbedderKind = Literal["onnx", "onnx-int8", "sentence-transformers"]
+EmbedderKind = Literal["onnx", "onnx-int8", "sentence-transformers", "static"]
 EMBEDDER_KINDS: tuple[EmbedderKind, ...] = get_args(EmbedderKind)
 # The ONNX variant "auto" picks: fp32, whose vectors match sentence-transformers (cosine
 # > 0.999; router AUROC and classifier accuracy equal to 4 places on both datasets). int8 held
 # quality too (bench/embed_quality.py: within 0.0034) and is ~2x faster, but its vectors move
 # (cosine ~0.99) and its integer kernels differ between CPU generations; choose it with
-# EMAFUSION_EMBEDDER=onnx-int8.
+# EMAFUSION_EMBEDDER=onnx-int8. "static" is never chosen by "auto": it trades quality for speed.
 AUTO_ONNX_KIND: EmbedderKind = "onnx"
 
 
@@ -276,8 +279,9 @@ def make_embedder(
 ) -> Embedder:
     """MiniLM on the path ``kind`` (nothing is loaded or built yet; that happens on first use).
 
-    ``cache_dir`` is where an ONNX path keeps its model file (default: `default_cache_dir`);
-    ``batch_size`` only matters to sentence-transformers (ONNX runs each text alone).
+    ``cache_dir`` is where an ONNX or static path keeps its model file or table (default:
+    `default_cache_dir`); ``batch_size`` only matters to sentence-transformers (ONNX runs each
+    text alone, static averages each text alone).
     """
     if kind == "sentence-transformers":
         return MiniLMEmbedder(
@@ -291,6 +295,12 @@ def make_embedder(
             max_seq_length=max_seq_length,
             truncation=truncation,
             cache_dir=cache_dir,
+        )
+    if kind == "static":
+        from emafusion.stores.static_embedder import StaticMiniLMEmbedder
+
+        return StaticMiniLMEmbedder(
+            max_seq_length=max_seq_length, truncation=truncation, cache_dir=cache_dir
         )
     raise ValueError(f"unknown embedder kind {kind!r}; use one of {', '.join(EMBEDDER_KINDS)}")
 
@@ -340,8 +350,9 @@ def default_embedder(
 ) -> Embedder:
     """MiniLM on the chosen path (see the module doc), in the on-disk cache unless ``cache=False``.
 
-    ``kind``: "onnx", "onnx-int8", "sentence-transformers" or "auto"; default
-    ``$EMAFUSION_EMBEDDER``, else "auto". The ONNX model file is kept in ``cache_dir`` too.
+    ``kind``: "onnx", "onnx-int8", "sentence-transformers", "static" or "auto"; default
+    ``$EMAFUSION_EMBEDDER``, else "auto". The ONNX model file (and the static table) is kept
+    in ``cache_dir`` too.
     """
     choice = requested_embedder_kind(kind)
     if choice == "auto":

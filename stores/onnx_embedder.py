@@ -84,6 +84,24 @@ def check_mean_pooling_pipeline(model_dir: Path) -> None:
         )
 
 
+def load_tokenizer(model_dir: Path) -> Tokenizer:
+    """The model's fast tokenizer, without the padding and truncation its file ships."""
+    from tokenizers import Tokenizer
+
+    tokenizer_file = model_dir / "tokenizer.json"
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # tokenizers raises a bare Exception
+        raise OnnxModelError(
+            f"{tokenizer_file}: cannot load the tokenizer ({exc}). Fix: point "
+            f"model_path at a sentence-transformers model with a fast tokenizer."
+        ) from exc
+    # tokenizer.json ships padding and truncation to 128; lengths are ours to set.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
 def _default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -176,20 +194,7 @@ class OnnxMiniLMEmbedder:
     def _load_tokenizer(self) -> Tokenizer:
         with self._lock:
             if self._tokenizer is None:
-                from tokenizers import Tokenizer
-
-                tokenizer_file = self.model_path / "tokenizer.json"
-                try:
-                    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-                except Exception as exc:  # tokenizers raises a bare Exception
-                    raise OnnxModelError(
-                        f"{tokenizer_file}: cannot load the tokenizer ({exc}). Fix: point "
-                        f"model_path at a sentence-transformers model with a fast tokenizer."
-                    ) from exc
-                # tokenizer.json ships padding and truncation to 128; lengths are ours to set.
-                tokenizer.no_padding()
-                tokenizer.no_truncation()
-                self._tokenizer = tokenizer
+                self._tokenizer = load_tokenizer(self.model_path)
             return self._tokenizer
 
     def prepare(self) -> Path:

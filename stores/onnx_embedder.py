@@ -109,7 +109,60 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class OnnxMiniLMEmbedder:
+class ShippedMiniLM:
+    """What the ONNX and static paths share: the shipped model's files, the cache dir they
+    build into, its tokenizer, the truncation settings and counters, and the id's prefix."""
+
+    def __init__(
+        self,
+        max_seq_length: int,
+        truncation: Truncation,
+        model_path: str | Path | None,
+        cache_dir: str | Path | None,
+    ) -> None:
+        check_minilm_settings(max_seq_length, truncation)
+        self.max_seq_length = max_seq_length
+        self.truncation: Truncation = truncation
+        self._model_path = Path(model_path) if model_path is not None else None
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._tokenizer: Tokenizer | None = None
+        self._id: str | None = None
+        self._lock = threading.Lock()
+        self.truncated_count = 0
+        self.last_truncated: tuple[int, ...] = ()
+
+    @property
+    def model_path(self) -> Path:
+        if self._model_path is None:
+            self._model_path = bundled_minilm_path()
+        return self._model_path
+
+    @property
+    def cache_dir(self) -> Path:
+        return self._cache_dir if self._cache_dir is not None else default_cache_dir()
+
+    def _id_with(self, runtime: str) -> str:
+        """``all-MiniLM-L6-v2@<weights>/max<n>/<runtime>``, computed once."""
+        if self._id is None:
+            fingerprint = model_fingerprint(self.model_path)[:16]
+            self._id = f"{MINILM_NAME}@{fingerprint}/max{self.max_seq_length}/{runtime}"
+        return self._id
+
+    def _load_tokenizer(self) -> Tokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = load_tokenizer(self.model_path)
+            return self._tokenizer
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        raise NotImplementedError
+
+    def overlong(self, texts: Sequence[str]) -> list[int]:
+        """Indices of the texts that `embed` would truncate."""
+        return [i for i, n in enumerate(self.count_tokens(texts)) if n > self.max_seq_length]
+
+
+class OnnxMiniLMEmbedder(ShippedMiniLM):
     """all-MiniLM-L6-v2 (384-d) on ONNX Runtime, fp32 or dynamic int8.
 
     Same truncation contract as `MiniLMEmbedder`: a text is over-long when its word pieces
@@ -138,43 +191,18 @@ class OnnxMiniLMEmbedder:
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        check_minilm_settings(max_seq_length, truncation)
+        super().__init__(max_seq_length, truncation, model_path, cache_dir)
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.variant: OnnxVariant = variant
-        self.max_seq_length = max_seq_length
-        self.truncation: Truncation = truncation
         self.threads = threads if threads is not None else _default_threads()
-        self._model_path = Path(model_path) if model_path is not None else None
-        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._tokenizer: Tokenizer | None = None
         self._session: onnxruntime.InferenceSession | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._id: str | None = None
         self._dim: int | None = None
-        self._lock = threading.Lock()
-        self.truncated_count = 0
-        self.last_truncated: tuple[int, ...] = ()
-
-    @property
-    def model_path(self) -> Path:
-        if self._model_path is None:
-            self._model_path = bundled_minilm_path()
-        return self._model_path
-
-    @property
-    def cache_dir(self) -> Path:
-        return self._cache_dir if self._cache_dir is not None else default_cache_dir()
 
     @property
     def id(self) -> str:
-        if self._id is None:
-            fingerprint = model_fingerprint(self.model_path)[:16]
-            self._id = (
-                f"{MINILM_NAME}@{fingerprint}/max{self.max_seq_length}"
-                f"/onnx-{self.variant}-{ONNX_RECIPE}"
-            )
-        return self._id
+        return self._id_with(f"onnx-{self.variant}-{ONNX_RECIPE}")
 
     @property
     def dim(self) -> int:
@@ -190,12 +218,6 @@ class OnnxMiniLMEmbedder:
         return onnx_model_path(self.model_path, self.cache_dir, self.variant)
 
     # --- loading -------------------------------------------------------------------------
-
-    def _load_tokenizer(self) -> Tokenizer:
-        with self._lock:
-            if self._tokenizer is None:
-                self._tokenizer = load_tokenizer(self.model_path)
-            return self._tokenizer
 
     def prepare(self) -> Path:
         """Build (if needed) and load the ONNX model now; returns its path."""
@@ -229,10 +251,6 @@ class OnnxMiniLMEmbedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text as the model sees them, [CLS] and [SEP] included."""
         return [len(ids) for ids in self._encode(check_texts(texts))]
-
-    def overlong(self, texts: Sequence[str]) -> list[int]:
-        """Indices of the texts that `embed` would truncate."""
-        return [i for i, n in enumerate(self.count_tokens(texts)) if n > self.max_seq_length]
 
     # --- embedding -----------------------------------------------------------------------
 

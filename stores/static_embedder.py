@@ -17,7 +17,6 @@ on its own, in float64), so it is bit-identical alone or in any batch.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,17 +25,12 @@ import numpy as np
 
 from emafusion.stores.embedding_base import (
     MINILM_MAX_SEQ_LENGTH,
-    MINILM_NAME,
     SPECIAL_TOKENS,
     Truncation,
-    bundled_minilm_path,
-    check_minilm_settings,
     check_texts,
-    default_cache_dir,
-    model_fingerprint,
     too_long_error,
 )
-from emafusion.stores.onnx_embedder import check_mean_pooling_pipeline, load_tokenizer
+from emafusion.stores.onnx_embedder import ShippedMiniLM, check_mean_pooling_pipeline
 from emafusion.stores.onnx_export import ONNX_RECIPE
 from emafusion.stores.static_table import (
     DEFAULT_STATIC_DIMS,
@@ -49,12 +43,12 @@ from emafusion.stores.static_table import (
 )
 
 if TYPE_CHECKING:
-    from tokenizers import Tokenizer
+    pass
 
 logger = logging.getLogger(__name__)
 
 
-class StaticMiniLMEmbedder:
+class StaticMiniLMEmbedder(ShippedMiniLM):
     """all-MiniLM-L6-v2 distilled into a static token table (``dims``-d, default 256).
 
     Same truncation contract as the other MiniLM paths: a text is over-long when its word
@@ -77,40 +71,15 @@ class StaticMiniLMEmbedder:
         model_path: str | Path | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
-        check_minilm_settings(max_seq_length, truncation)
+        super().__init__(max_seq_length, truncation, model_path, cache_dir)
         if dims < 1:  # the upper bound is the model's width, checked when the table loads
             raise ValueError(f"dims must be >= 1, got {dims}")
         self.dims = dims
-        self.max_seq_length = max_seq_length
-        self.truncation: Truncation = truncation
-        self._model_path = Path(model_path) if model_path is not None else None
-        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._tokenizer: Tokenizer | None = None
         self._table: np.ndarray | None = None
-        self._id: str | None = None
-        self._lock = threading.Lock()
-        self.truncated_count = 0
-        self.last_truncated: tuple[int, ...] = ()
-
-    @property
-    def model_path(self) -> Path:
-        if self._model_path is None:
-            self._model_path = bundled_minilm_path()
-        return self._model_path
-
-    @property
-    def cache_dir(self) -> Path:
-        return self._cache_dir if self._cache_dir is not None else default_cache_dir()
 
     @property
     def id(self) -> str:
-        if self._id is None:
-            fingerprint = model_fingerprint(self.model_path)[:16]
-            self._id = (
-                f"{MINILM_NAME}@{fingerprint}/max{self.max_seq_length}"
-                f"/static-{STATIC_RECIPE}-{ONNX_RECIPE}-d{self.dims}"
-            )
-        return self._id
+        return self._id_with(f"static-{STATIC_RECIPE}-{ONNX_RECIPE}-d{self.dims}")
 
     @property
     def dim(self) -> int:
@@ -122,12 +91,6 @@ class StaticMiniLMEmbedder:
         return static_table_path(self.model_path, self.cache_dir, self.dims)
 
     # --- loading -------------------------------------------------------------------------
-
-    def _load_tokenizer(self) -> Tokenizer:
-        with self._lock:
-            if self._tokenizer is None:
-                self._tokenizer = load_tokenizer(self.model_path)
-            return self._tokenizer
 
     def _load_table(self) -> np.ndarray:
         tokenizer = self._load_tokenizer()
@@ -166,10 +129,6 @@ class StaticMiniLMEmbedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text as the model sees them, [CLS] and [SEP] included."""
         return [len(ids) + SPECIAL_TOKENS for ids in self._pieces(check_texts(texts))]
-
-    def overlong(self, texts: Sequence[str]) -> list[int]:
-        """Indices of the texts that `embed` would truncate."""
-        return [i for i, n in enumerate(self.count_tokens(texts)) if n > self.max_seq_length]
 
     # --- embedding -----------------------------------------------------------------------
 

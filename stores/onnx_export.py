@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,10 +80,10 @@ def manifest_path(path: Path) -> Path:
 def missing_packages(variant: OnnxVariant) -> list[str]:
     """Packages this process lacks to build ``variant`` from nothing (found, not imported)."""
     needed = _EXPORT_PACKAGES + (_QUANTIZE_PACKAGES if variant == "int8" else ())
-    return [name for name in dict.fromkeys(needed) if not _importable(name)]
+    return [name for name in dict.fromkeys(needed) if not importable(name)]
 
 
-def _importable(name: str) -> bool:
+def importable(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # a broken install, or a module without a spec
@@ -153,7 +153,7 @@ def ensure_onnx_model(model_dir: Path, cache_dir: Path, variant: OnnxVariant) ->
         and cached_model_problem(onnx_model_path(model_dir, cache_dir, "fp32")) is None
     ):
         # Quantizing needs only the fp32 graph, not torch.
-        missing = [name for name in _QUANTIZE_PACKAGES if not _importable(name)]
+        missing = [name for name in _QUANTIZE_PACKAGES if not importable(name)]
     if missing:
         state = "is not built yet" if problem == "missing" else f"cannot be used: {problem}"
         raise OnnxModelError(
@@ -161,35 +161,50 @@ def ensure_onnx_model(model_dir: Path, cache_dir: Path, variant: OnnxVariant) ->
             f"{', '.join(missing)}). Fix: install them (`pip install -e .` installs all), or "
             f"use EMAFUSION_EMBEDDER=sentence-transformers."
         )
+
+    def build() -> tuple[bytes, dict[str, Any]]:
+        if variant == "fp32":
+            data = export_fp32(model_dir)
+        else:
+            data = quantize_int8(ensure_onnx_model(model_dir, cache_dir, "fp32"))
+        return data, {"variant": variant, "recipe": ONNX_RECIPE, "versions": _versions()}
+
+    return build_cached_file(path, model_dir, build, "building", "an fp32 export takes ~30 s")
+
+
+def build_cached_file(
+    path: Path,
+    model_dir: Path,
+    build: Callable[[], tuple[bytes, dict[str, Any]]],
+    verb: str,
+    why: str,
+) -> Path:
+    """A file derived from the model, built once per cache dir under a lock: unless a whole
+    one is there (a racing process may have built it meanwhile), `build` gives its bytes
+    and its manifest's own fields. The manifest goes first (removed) and last (written):
+    no manifest, no use."""
     from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
-        problem = cached_model_problem(path)  # a racing process may have built it meanwhile
+        problem = cached_model_problem(path)
         if problem is None:
             return path
         if problem != "missing":
             logger.warning("rebuilding %s: %s", path, problem)
         _remove_leftovers(path)
-        logger.info("building %s once (an fp32 export takes ~30 s)", path)
+        logger.info("%s %s once (%s)", verb, path, why)
         started = time.perf_counter()
-        if variant == "fp32":
-            data = export_fp32(model_dir)
-        else:
-            fp32 = ensure_onnx_model(model_dir, cache_dir, "fp32")
-            data = quantize_int8(fp32)
-        # The manifest goes first (removed) and last (written): no manifest, no use.
+        data, fields = build()
         manifest_path(path).unlink(missing_ok=True)
         write_bytes_atomic(path, data)
         manifest = {
             "format": MANIFEST_FORMAT,
             "sha256": hashlib.sha256(data).hexdigest(),
             "size": len(data),
-            "variant": variant,
-            "recipe": ONNX_RECIPE,
+            **fields,
             "source": str(model_dir),
             "source_fingerprint": model_fingerprint(model_dir),
-            "versions": _versions(),
             "built_at": time.time(),
             "build_seconds": round(time.perf_counter() - started, 1),
         }

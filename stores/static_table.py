@@ -31,27 +31,24 @@ to export it); using a built table needs neither.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emafusion.stores.atomic import write_bytes_atomic, write_text_atomic
 from emafusion.stores.embedding_base import MINILM_NAME, model_fingerprint, read_embedding_dim
 from emafusion.stores.onnx_export import (
     INPUT_NAMES,
-    LOCK_TIMEOUT_S,
-    MANIFEST_FORMAT,
     ONNX_RECIPE,
     OUTPUT_NAME,
     OnnxModelError,
+    build_cached_file,
     cached_model_problem,
     ensure_onnx_model,
+    importable,
     manifest_path,
     missing_packages,
     onnx_model_path,
@@ -120,62 +117,31 @@ def ensure_static_table(model_dir: Path, cache_dir: Path, dims: int, tokenizer: 
             f"copy a built table and its .json manifest here from another machine, or use "
             f"EMAFUSION_EMBEDDER=onnx."
         )
-    from filelock import FileLock
+    # The fp32 graph is the teacher: built (or found) before the table's lock is taken.
+    fp32 = ensure_onnx_model(model_dir, cache_dir, "fp32")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
-        problem = cached_model_problem(path)  # a racing process may have built it meanwhile
-        if problem is None:
-            return path
-        if problem != "missing":
-            logger.warning("rebuilding %s: %s", path, problem)
-        for leftover in path.parent.glob(f".{path.name}.*"):  # crashed builds' temp files
-            leftover.unlink(missing_ok=True)
-        fp32 = ensure_onnx_model(model_dir, cache_dir, "fp32")
-        logger.info("distilling %s once (one ONNX run per vocabulary token)", path)
-        started = time.perf_counter()
-        raw = distill_token_vectors(fp32, tokenizer)
-        table = reduce_table(raw, dims)
+    def build() -> tuple[bytes, dict[str, Any]]:
+        table = reduce_table(distill_token_vectors(fp32, tokenizer), dims)
         buffer = io.BytesIO()
         np.save(buffer, table, allow_pickle=False)
-        data = buffer.getvalue()
-        # The manifest goes first (removed) and last (written): no manifest, no use.
-        manifest_path(path).unlink(missing_ok=True)
-        write_bytes_atomic(path, data)
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "size": len(data),
+        return buffer.getvalue(), {
             "kind": "static",
             "recipe": STATIC_RECIPE,
             "onnx_recipe": ONNX_RECIPE,
             "dims": dims,
             "rows": int(table.shape[0]),
-            "source": str(model_dir),
-            "source_fingerprint": model_fingerprint(model_dir),
             "distilled_from": json.loads(manifest_path(fp32).read_text())["sha256"],
-            "built_at": time.time(),
-            "build_seconds": round(time.perf_counter() - started, 1),
         }
-        write_text_atomic(manifest_path(path), json.dumps(manifest, indent=2, sort_keys=True))
-        logger.info("distilled %s in %.0f s", path, manifest["build_seconds"])
-    return path
+
+    why = "one ONNX run per vocabulary token"
+    return build_cached_file(path, model_dir, build, "distilling", why)
 
 
 def _missing_for_build(model_dir: Path, cache_dir: Path) -> list[str]:
-    missing = [] if _importable("onnxruntime") else ["onnxruntime"]
+    missing = [] if importable("onnxruntime") else ["onnxruntime"]
     if cached_model_problem(onnx_model_path(model_dir, cache_dir, "fp32")) is not None:
         missing += [name for name in missing_packages("fp32") if name not in missing]
     return missing
-
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def wrap_ids(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:

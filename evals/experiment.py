@@ -180,9 +180,9 @@ class Evaluation:
             router_rows, drift, default_results = await self._presets_on_test(chosen, test, s_test)
         rows += router_rows
         with phases("curves"):
-            sweep, ablations = self._curves(chosen, s_test, model)
+            sweep, ablations, default_traces = self._curves(chosen, s_test, model)
             default = next(c for c in chosen if c.name == "default")
-            stop_signal = stop_signal_quality(self._traces(default, s_test))
+            stop_signal = stop_signal_quality(default_traces)
         rows += ablations
         with phases("failover"):
             # The queries some model has no recording of, through the graph; the complete
@@ -340,16 +340,15 @@ class Evaluation:
 
     def _curves(
         self, chosen: Sequence[Chosen], s_test: list[ft.QuerySignals], model: Any
-    ) -> tuple[list[Row], list[Row]]:
-        """Every preset's plan over thresholds (the router's trade-off curve), and the
-        ablations of the default: its vote without calibration."""
+    ) -> tuple[list[Row], list[Row], PlanTraces]:
+        """Every preset's plan over thresholds (the router's trade-off curve), the
+        ablations of the default (its vote without calibration), and the default's traces."""
         sweep: list[Row] = []
-        seen: set[str] = set()
+        built: dict[str, PlanTraces] = {}
         for c in chosen:
-            if describe(c.plan) in seen:
+            if describe(c.plan) in built:
                 continue
-            seen.add(describe(c.plan))
-            traces = self._traces(c, s_test)
+            traces = built[describe(c.plan)] = self._traces(c, s_test)
             for t in threshold_grid(traces.confidences(), 25):
                 sweep.append(_point_row(f"sweep {c.name} plan t={t}", traces.point(t)))
         default = next(c for c in chosen if c.name == "default")
@@ -365,7 +364,7 @@ class Evaluation:
             max(within, key=lambda p: p.accuracy),
         )
         ablation.note = "chosen on test: an upper bound for the uncalibrated vote"
-        return sweep, [ablation]
+        return sweep, [ablation], built[describe(default.plan)]
 
     def _save(self, model: Any, resources: RouterResources) -> None:
         assert self.router_dir is not None and self.artifacts is not None

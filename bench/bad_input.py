@@ -159,7 +159,7 @@ POOL_MODEL = '[[models]]\nname = "m"\nprovider = "replay"\ninput_per_1m = 1\nout
 
 
 def pool_cases() -> list[Case]:
-    def pool(text: str) -> Callable[[Path], object]:
+    def pool(text: bytes | str) -> Callable[[Path], object]:
         return lambda d: load_pool(_write(d / "pool.toml", text))
 
     variants = {
@@ -172,7 +172,7 @@ def pool_cases() -> list[Case]:
         "a key inline": (POOL_MODEL + 'api_key = "sk-secret"\n', "api_key"),
         "openai without base_url": (POOL_MODEL.replace('"replay"', '"openai"'), "base_url"),
         "timeout 0": (POOL_MODEL + "timeout_s = 0\n", "timeout"),
-        "binary file": ("\x00\x01\x02", "pool.toml"),
+        "binary file": (b"\x00\x01\xff", "pool.toml"),
     }
     cases = [Case("pool", n, pool(t), w) for n, (t, w) in variants.items()]
     cases.append(Case("pool", "missing file", lambda d: load_pool(d / "nope.toml"), "nope.toml"))
@@ -180,13 +180,13 @@ def pool_cases() -> list[Case]:
 
 
 def taxonomy_cases() -> list[Case]:
-    def taxonomy(name: str, text: str) -> Callable[[Path], object]:
+    def taxonomy(name: str, text: bytes | str) -> Callable[[Path], object]:
         return lambda d: load_taxonomy(_write(d / name, text))
 
     return [
         Case("taxonomy", "not TOML", taxonomy("t.toml", "[categories"), "t.toml"),
         Case("taxonomy", "no categories", taxonomy("t2.toml", "name = 'x'\n"), "t2.toml"),
-        Case("taxonomy", "binary file", taxonomy("t3.toml", "\x00\xff"), "t3.toml"),
+        Case("taxonomy", "binary file", taxonomy("t3.toml", b"\x00\xff"), "t3.toml"),
         Case("taxonomy", "missing file", lambda d: load_taxonomy(d / "none.toml"), "none.toml"),
     ]
 

@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from emafusion.stores.atomic import write_bytes_atomic
+from emafusion.stores.recordings.utf8 import NotUTF8Error, decode_utf8
 
 CLASSIFIER_FORMAT_VERSION = 1
 
@@ -80,13 +81,21 @@ def default_taxonomy_path(dataset: str) -> Path:
 def load_taxonomy(path: Path | str) -> Taxonomy:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        return Taxonomy.model_validate(raw)
+        data = path.read_bytes()
     except FileNotFoundError as exc:
         raise TaxonomyError(
             f"{path}: no such taxonomy file. Fix: name an existing TOML taxonomy (the "
             f"defaults live in stores/taxonomies/), or leave it out to use the recordings' labels."
         ) from exc
+    except OSError as exc:  # a directory, no permission, a disk error
+        raise TaxonomyError(
+            f"{path}: cannot be read ({exc.strerror or exc}). Fix: name a readable TOML file."
+        ) from exc
+    try:
+        raw = tomllib.loads(decode_utf8(data))  # as pool files: a byte-order mark is accepted
+        return Taxonomy.model_validate(raw)
+    except NotUTF8Error as exc:
+        raise TaxonomyError(f"{path}, {exc}.") from exc
     except tomllib.TOMLDecodeError as exc:
         raise TaxonomyError(f"{path}: not valid TOML ({exc}). Fix: correct the file.") from exc
     except ValidationError as exc:

@@ -128,6 +128,28 @@ class Context(BaseModel):
         description="Candidates predicted below this success are skipped.",
     )
 
+    exploration_rate: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of queries on which a model with too little history (fewer "
+        "than `exploration_outcomes`) is tried at the top of the plan (0: never explore).",
+    )
+    exploration_outcomes: int = Field(
+        default=10,
+        ge=0,
+        le=100_000,
+        description="Counted outcomes (ground truth, plus judged ones at the memory's "
+        "judged weight) after which a model is no longer explored but planned on its "
+        "predictions.",
+    )
+    exploration_budget_usd: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Most one exploratory call may cost (its pre-call bound, list prices and "
+        "estimated tokens); None: only `budget_usd` bounds it.",
+    )
+
     # --- judge and decide -------------------------------------------------------------------
     judges: tuple[str, ...] = Field(
         default=("memory_prior", "answer_format"),

@@ -17,7 +17,7 @@ from typing_extensions import TypedDict
 
 RouteMode = Literal["taxonomy", "learned", "hybrid", "planned"]
 AttemptStatus = Literal["answered", "failed", "unavailable"]
-CandidateSource = Literal["taxonomy", "memory", "prior", "fallback"]
+CandidateSource = Literal["taxonomy", "memory", "prior", "fallback", "exploration"]
 # What the decide node concluded after an attempt:
 # return: a confident answer; escalate: call the next planned model; exhausted: no model
 # left to call; budget: the next call would break the budget; max_levels: the level cap.
@@ -121,6 +121,7 @@ class ClassifiedEvent(TypedDict):
     fused_llm: bool
     route_mode: RouteMode
     candidates: list[str]
+    explored: str | None  # a model with too little history, tried at the top of the plan
 
 
 class PredictionSummary(TypedDict):
@@ -136,6 +137,7 @@ class PredictedEvent(TypedDict):
     predictions: dict[str, PredictionSummary]
     neighbours: list[str]
     candidates: list[str]
+    explored: str | None
 
 
 class InvokingEvent(TypedDict):

@@ -20,6 +20,7 @@ from emafusion.graph.context import Context
 from emafusion.graph.state import Candidate, ClassifiedEvent, RouteMode, RouterState
 from emafusion.nodes import settings
 from emafusion.nodes.events import emit
+from emafusion.nodes.exploration import explore
 from emafusion.nodes.planning import candidate, fixed_plan, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
 from emafusion.nodes.validate import allowed_models, check_run
@@ -52,17 +53,38 @@ async def llm_category_probs(
     return probs
 
 
+def category_accuracy(resources: RouterResources, category: str | None) -> dict[str, float]:
+    """Each model's accuracy in `category`, shrunk toward its accuracy overall by the
+    memory's prior pseudo-count (a model with two outcomes there is not 100% or 0% there),
+    and overall, shrunk toward the default prior, where it has no outcome in `category`."""
+    memory = resources.memory.settings
+    m = memory.shrinkage
+    overall = {
+        name: (s.count_weighted * s.mean_score + m * memory.default_prior) / (s.count_weighted + m)
+        for name, s in resources.model_stats(None).items()
+    }
+    if category is None:
+        return overall
+    out = dict(overall)
+    for name, s in resources.model_stats(category).items():
+        base = overall.get(name, memory.default_prior)
+        out[name] = (s.count_weighted * s.mean_score + m * base) / (s.count_weighted + m)
+    return out
+
+
 def category_options(
     resources: RouterResources, category: str | None, query: str, models: list[str]
 ) -> dict[str, Candidate]:
-    """Each model as a candidate by its training record in `category` (else overall)."""
+    """Each model as a candidate by its record in `category` (else overall; else the
+    memory's default prior)."""
     stats = resources.model_stats(category) if category else {}
     overall = resources.model_stats(None)
+    accuracy = category_accuracy(resources, category)
     options = {}
     for model in models:
         spec = resources.spec(model)
         record = stats.get(model) or overall.get(model)
-        p = record.mean_score if record is not None else 0.5
+        p = accuracy.get(model, resources.memory.settings.default_prior)
         cost = record.mean_cost_usd if record is not None else None
         if cost is None:
             cost = list_price_estimate(spec, query)
@@ -73,17 +95,16 @@ def category_options(
 def suitable_options(
     resources: RouterResources, category: str, context: Context, query: str
 ) -> list[Candidate]:
-    """Models whose training accuracy in `category` is within a margin of its best."""
+    """Models whose accuracy in `category` is within a margin of its best."""
     stats = resources.model_stats(category)
     allowed = set(allowed_models(context, resources))
     in_pool = [m for m in stats if m in allowed]
     if not in_pool:
         return []
-    best = max(stats[m].mean_score for m in in_pool)
+    accuracy = category_accuracy(resources, category)
+    best = max(accuracy[m] for m in in_pool)
     options = category_options(resources, category, query, in_pool)
-    return [
-        options[m] for m in in_pool if stats[m].mean_score >= best - context.suitability_margin
-    ]
+    return [options[m] for m in in_pool if accuracy[m] >= best - context.suitability_margin]
 
 
 def planned_options(
@@ -133,6 +154,18 @@ async def classify(
             context.budget_usd,
         )
         mode = "taxonomy" if candidates else "learned"
+    explored = None
+    if mode == "planned" or (mode == "taxonomy" and not context.refine_with_memory):
+        # Without the memory's pass (predict explores), explore here.
+        scope = category if confident else None
+        candidates, options, explored = explore(
+            resources,
+            context,
+            query,
+            candidates,
+            options,
+            lambda models: category_options(resources, scope, query, models),
+        )
     shown = sorted(zip(names, probs.tolist(), strict=True), key=lambda x: -x[1])[:5]
     event = emit(
         runtime,
@@ -144,6 +177,7 @@ async def classify(
             fused_llm=llm_probs is not None,
             route_mode=mode,
             candidates=[c["model"] for c in candidates],
+            explored=explored,
         ),
     )
     return {

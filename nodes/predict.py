@@ -23,6 +23,7 @@ from emafusion.graph.state import (
 )
 from emafusion.nodes import settings
 from emafusion.nodes.events import emit
+from emafusion.nodes.exploration import explore
 from emafusion.nodes.planning import candidate, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
 from emafusion.nodes.validate import allowed_models
@@ -79,6 +80,14 @@ async def predict(
     candidates = plan_cascade(
         options, context.max_levels, context.min_p_success, context.cost_weight, context.budget_usd
     )
+
+    def more_options(names: list[str]) -> dict[str, Candidate]:
+        more, _ = memory_options(state, context, resources, names)
+        return {c["model"]: c for c in more}
+
+    candidates, options, explored = explore(
+        resources, context, state["query"], candidates, options, more_options
+    )
     best_evidence = max(predictions.values(), key=lambda p: p.n_eff)
     mode: RouteMode = "hybrid" if refine else "learned"
     event = emit(
@@ -98,6 +107,7 @@ async def predict(
             },
             neighbours=list(best_evidence.evidence.query_ids[:5]),
             candidates=[c["model"] for c in candidates],
+            explored=explored,
         ),
     )
     return {"options": options, "candidates": candidates, "route_mode": mode, "trace": [event]}

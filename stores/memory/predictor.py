@@ -360,5 +360,6 @@ def model_stats(est: Estimator, category: str | None) -> dict[str, ModelStats]:
             mean_cost_usd=None if measured[COST, col] == 0 else float(means[COST, col]),
             mean_latency_s=None if measured[LATENCY, col] == 0 else float(means[LATENCY, col]),
             judged_count=int(judged_count[SCORE, col]),
+            judged_weight=weight,
         )
     return out

@@ -111,6 +111,12 @@ class ModelStats:
     mean_cost_usd: float | None
     mean_latency_s: float | None
     judged_count: int = 0
+    judged_weight: float = 0.0  # what one judged outcome counts in `mean_score`
+
+    @property
+    def count_weighted(self) -> float:
+        """The outcomes `mean_score` is a mean of: ground truth, plus judged ones weighted."""
+        return self.count + self.judged_weight * self.judged_count
 
 
 def safe_mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:

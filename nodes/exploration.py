@@ -6,8 +6,9 @@ planner, which trusts proven models, would never call it. On a seeded share of q
 counted outcomes (ground truth, plus judged ones at the memory's judged weight) is
 *explored*: it is called first, alone, and its answer is judged and returned unless the
 decision policy escalates past it (the plan follows it); that answer's outcome (feedback,
-judges) is what the memory learns it from. Among several unproven models, Thompson sampling picks one: a draw from
-each model's Beta posterior over its counted outcomes, the highest wins.
+judges) is what the memory learns it from. Among several unproven models, Thompson
+sampling picks one: a draw from each model's Beta posterior over its counted outcomes, the
+highest wins.
 
 The cost is explicit and bounded: only on `exploration_rate` of queries, only a call whose
 pre-call bound fits `exploration_budget_usd` (and the run's budget), and only until the

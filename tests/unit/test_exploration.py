@@ -42,9 +42,7 @@ def _events(output: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 
 def _explored(output: dict[str, Any]) -> str | None:
-    found = [
-        e.get("explored") for n in ("classified", "predicted") for e in _events(output, n)
-    ]
+    found = [e.get("explored") for n in ("classified", "predicted") for e in _events(output, n)]
     return next((m for m in found if m), None)
 
 
@@ -76,7 +74,7 @@ async def test_a_new_model_is_explored_on_about_the_configured_share() -> None:
     assert 0.15 < share < 0.45
     # Only queries in the seeded share explore, and the explored model is the plan's top.
     assert all(in_explored_share(r.query, context) for r in explored)
-    for record, output in zip(stream, outputs, strict=True):
+    for output in outputs:
         if _explored(output) == NEW:
             assert output["attempts"][0]["model"] == NEW  # called first
     answered = sum(1 for o in outputs if o.get("model") == NEW)
@@ -95,7 +93,8 @@ async def test_exploration_stays_within_the_exploration_budget() -> None:
     spec = resources.spec(NEW)
     bound = max(call_cost_bound(spec, r.query, 0.0) for r in stream)
     cheap_models = [m for m in resources.pool.names if m != NEW]
-    cheap_bound = min(call_cost_bound(resources.spec(m), stream[0].query, 0.0) for m in cheap_models)
+    query = stream[0].query
+    cheap_bound = min(call_cost_bound(resources.spec(m), query, 0.0) for m in cheap_models)
     assert cheap_bound < bound
     too_small = Context(exploration_rate=1.0, exploration_budget_usd=bound * 0.5)
     outputs = await _route(resources, stream[:30], too_small)
@@ -139,7 +138,9 @@ async def test_the_judges_read_the_prediction_not_the_draw() -> None:
         option = next(c for c in output["candidates"] if c["model"] == NEW)
         assert option["source"] == "exploration"
         verdicts = [
-            v for v in output["verdicts"] if v["attempt"] == attempt and v["judge"] == "memory_prior"
+            v
+            for v in output["verdicts"]
+            if v["attempt"] == attempt and v["judge"] == "memory_prior"
         ]
         # No history: the memory's prediction is the default prior, whatever the draw.
         assert verdicts and all(v["score"] == pytest.approx(option["p_success"]) for v in verdicts)

@@ -31,6 +31,15 @@ def cmd_stream(args: argparse.Namespace) -> int:
         drift_model=args.drift_model,
         drift_share=args.drift_share,
         new_model=args.new_model,
+        category=args.category,
+        context={
+            k: v
+            for k, v in (
+                ("novel_queries", args.novel_queries),
+                ("exploration_rate", args.exploration_rate),
+            )
+            if v is not None
+        },
     )
     started = time.perf_counter()
     records = load_records(args)
@@ -73,7 +82,24 @@ def add_stream_commands(commands: argparse._SubParsersAction) -> None:
         help="replay validation + test as a stream: the router learns from its own traffic",
     )
     add_source_args(parser)
-    parser.add_argument("--scenario", choices=("warm", "drift", "new-model"), default="warm")
+    parser.add_argument(
+        "--scenario",
+        choices=("warm", "drift", "new-model", "cold", "unseen-category"),
+        default="warm",
+    )
+    parser.add_argument(
+        "--category", help="unseen-category: the category withheld (default: the largest)"
+    )
+    parser.add_argument(
+        "--novel-queries",
+        choices=("plan", "strongest"),
+        help="the run setting for queries unlike every stored one (default: Context's)",
+    )
+    parser.add_argument(
+        "--exploration-rate",
+        type=float,
+        help="the run setting: share of queries that may try an unproven model",
+    )
     parser.add_argument(
         "--feedback",
         type=float,

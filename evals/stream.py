@@ -14,12 +14,18 @@ Scenarios:
   answer to another query) and is scored wrong; the router should move its traffic away.
 - `new-model`: one model (default: the most accurate on train) is out of the pool and the
   memory until query T, then joins the pool with no history; does the router find it?
+- `cold`: an empty memory, only the pool's prices: the router learns from feedback and
+  its judges alone.
+- `unseen-category`: one category (default: the stream's largest) is withheld from train
+  entirely (no memory rows, no classifier label) and arrives in the stream.
+
+`new-model` and `cold` also replay the `warm` router, learning under the same feedback, as
+the reference their targets are stated against.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,27 +34,28 @@ from typing import Any
 import numpy as np
 
 from emafusion.evals.baselines import Matrices, complete
+from emafusion.evals.stream_worlds import (
+    degrade,
+    emptied,
+    largest_category,
+    serve_degraded,
+    unit,
+    withhold_category,
+    without_model,
+)
 from emafusion.graph.context import Context
 from emafusion.graph.router import make_graph
 from emafusion.nodes.feedback import submit_feedback
 from emafusion.nodes.resources import RouterResources
-from emafusion.stores.answers import answer_key
-from emafusion.stores.artifacts import build_router_artifacts
 from emafusion.stores.cost import COST_RECORDED
 from emafusion.stores.pool import Pool
-from emafusion.stores.providers import ReplayChatModel, ReplayStore, recorded_call_cost
-from emafusion.stores.recordings import Outcome, Record, RecordSet
+from emafusion.stores.providers import recorded_call_cost
+from emafusion.stores.recordings import Record, RecordSet
 from emafusion.train.graph_runs import score_result
 
-SCENARIOS = ("warm", "drift", "new-model")
+SCENARIOS = ("warm", "drift", "new-model", "cold", "unseen-category")
 STREAM_SPLITS = ("validation", "test")
 ResourceFactory = Callable[[], RouterResources]
-
-
-def unit(*parts: object) -> float:
-    """A number in [0, 1) fixed by its parts: seeded choices that do not depend on order."""
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def stream_order(records: RecordSet, pool: Pool, seed: int = 0, limit: int = 0) -> list[Record]:
@@ -62,68 +69,6 @@ def stream_order(records: RecordSet, pool: Pool, seed: int = 0, limit: int = 0) 
     order = np.random.default_rng(seed).permutation(len(pooled))
     stream = [pooled[i] for i in order]
     return stream[:limit] if limit else stream
-
-
-# --- drift ----------------------------------------------------------------------------------
-
-
-def _wrong_response(stream: Sequence[Record], i: int, model: str) -> str:
-    """A recorded answer that is wrong for query i, where the model was right: another
-    model's wrong answer to it; else the model's own answer to an earlier query that
-    commits to another answer here (a reply to another question); else nothing."""
-    record = stream[i]
-    for name in sorted(record.outcomes):
-        outcome = record.outcomes[name]
-        if name != model and outcome.score < 0.5 and outcome.response:
-            return outcome.response
-    own = record.outcomes[model].response
-    right = answer_key(record.query, own)
-    for j in [*range(i - 1, -1, -1), *range(i + 1, len(stream))]:
-        other = stream[j].outcomes.get(model)
-        text = other.response if other is not None else None
-        if text and text != own and answer_key(record.query, text) != right:
-            return text
-    return ""
-
-
-def degrade(
-    stream: Sequence[Record], model: str, start: int, share: float, seed: int = 0
-) -> tuple[list[Record], set[str]]:
-    """The stream with `model`'s right answer replaced by a wrong recorded one, scored 0,
-    on a seeded `share` of the queries from position `start` on (where it was wrong
-    already, it stays so); and the ids replaced. Cost and tokens stay the recorded ones:
-    the model got worse, not cheaper."""
-    out, degraded = list(stream), set[str]()
-    for i in range(start, len(stream)):
-        record = stream[i]
-        old = record.outcomes.get(model)
-        if old is None or old.score < 0.5 or unit(seed, record.id, "drift") >= share:
-            continue
-        new = Outcome(
-            response=_wrong_response(stream, i, model),
-            score=0.0,
-            cost_usd=old.cost_usd,
-            input_tokens=old.input_tokens,
-            output_tokens=old.output_tokens,
-        )
-        out[i] = record.model_copy(update={"outcomes": {**record.outcomes, model: new}})
-        degraded.add(record.id)
-    return out, degraded
-
-
-def serve_degraded(resources: RouterResources, model: str, stream: Sequence[Record]) -> None:
-    """`model` answers from the degraded recordings from now on (other models unchanged)."""
-    records = resources.records
-    others = [] if records is None else records.records
-    replaced = {r.id: r for r in stream}
-    merged = [replaced.get(r.id, r) for r in others] + [
-        r for r in stream if records is None or records.get(r.id) is None
-    ]
-    name = records.name if records is not None else "stream"
-    store = ReplayStore(RecordSet(name, merged, source="degraded replay"))
-    resources.chat_models[model] = ReplayChatModel(
-        model_name=model, prices=resources.pool.get(model).prices, store=store
-    )
 
 
 # --- the replay -----------------------------------------------------------------------------
@@ -235,7 +180,10 @@ class StreamSettings:
     drift_model: str | None = None  # default: the static router's most used model before T
     drift_share: float = 0.5
     new_model: str | None = None  # new-model: who joins at T (default: best on train)
+    category: str | None = None  # unseen-category: the one withheld (default: the largest)
     preset: str = "default"
+    # Run settings over Context's defaults (e.g. {"novel_queries": "strongest"}).
+    context: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -265,15 +213,17 @@ class StreamRun:
     memory_before: int = 0
     memory_after: int = 0
     static_memory_unchanged: bool = True
+    reference: list[Step] | None = None  # the warm router, learning (new-model, cold)
+    withheld: str | None = None  # unseen-category
 
 
 def _context(resources: RouterResources, settings: StreamSettings, record: bool) -> Context:
-    # Without an evaluated preset the run uses Context's defaults (what a bare router does).
+    # Without an evaluated preset the run uses Context's defaults (what a bare router does);
+    # scenarios that change what the router knows drop the presets fitted on the full one.
     has_preset = resources.presets is not None and settings.preset in resources.presets.presets
-    # A preset fitted with the newcomer in the pool would not describe the router before it.
-    if has_preset and settings.scenario != "new-model":
-        return Context(preset=settings.preset, record_outcomes=record)
-    return Context(record_outcomes=record)
+    if has_preset:
+        return Context(preset=settings.preset, record_outcomes=record, **settings.context)
+    return Context(record_outcomes=record, **settings.context)
 
 
 def _most_used(steps: Sequence[Step]) -> str:
@@ -281,34 +231,6 @@ def _most_used(steps: Sequence[Step]) -> str:
     if not counts:
         raise ValueError("the static router answered no query before T: no model to degrade")
     return counts.most_common(1)[0][0]
-
-
-def without_model(resources: RouterResources, records: RecordSet, model: str) -> Pool:
-    """Take `model` out of the router: the pool without it, and the memory and classifier
-    rebuilt from train as if it had never answered. Returns the full pool, for joining."""
-    full = resources.pool
-    pool = Pool(dataset=full.dataset, models=[m for m in full.models if m.name != model])
-    stripped = RecordSet(
-        records.name,
-        [
-            r.model_copy(update={"outcomes": {k: v for k, v in r.outcomes.items() if k != model}})
-            for r in records.records
-        ],
-        source=f"{records.source}, without {model}",
-    )
-    artifacts = build_router_artifacts(
-        stripped,
-        resources.embedder,
-        resources.taxonomy,
-        pool,
-        splits=("train",),
-        calibrate_on="validation",
-    )
-    resources.memory, resources.classifier = artifacts.memory, artifacts.classifier
-    # The evaluated fusion model and presets were fitted with it: they do not apply.
-    resources.fusion, resources.presets = None, None
-    resources.pool = pool
-    return full
 
 
 async def _replay_joining(
@@ -369,13 +291,29 @@ async def run_scenario(
         log(f"[new-model] {newcomer} joins at query {drift_at}, with no history")
         full = without_model(static_res, records, newcomer)
         fingerprint = _memory_fingerprint(static_res)  # the memory rebuilt without it
+        static_ctx = _context(static_res, settings, record=False)  # its presets are gone
         static = await _replay_joining(
             static_res, stream, drift_at, full, static_ctx, **common, log=log
         )
     else:
+        withheld: str | None = None
+        if settings.scenario == "cold":
+            emptied(static_res)
+        elif settings.scenario == "unseen-category":
+            withheld = settings.category or largest_category(stream)
+            if withheld not in {r.category for r in stream}:
+                raise ValueError(f"category {withheld!r} is not in the stream")
+            log(f"[unseen-category] {withheld} withheld from train (memory and classifier)")
+            withhold_category(static_res, records, withheld)
+        fingerprint = _memory_fingerprint(static_res)
+        static_ctx = _context(static_res, settings, record=False)
         static = await replay(static_res, stream, static_ctx, **common, log=log)
     unchanged = _memory_fingerprint(static_res) == fingerprint
     learning_res = make_resources()
+    if settings.scenario == "cold":
+        emptied(learning_res)
+    elif settings.scenario == "unseen-category":
+        withhold_category(learning_res, records, settings.category or largest_category(stream))
     if model is not None:
         serve_degraded(learning_res, model, scored)
     before = len(learning_res.memory)
@@ -386,11 +324,20 @@ async def run_scenario(
         assert drift_at is not None and newcomer is not None
         full = without_model(learning_res, records, newcomer)
         before = len(learning_res.memory)
+        learning_ctx = _context(learning_res, settings, record=True)
         learning = await _replay_joining(
             learning_res, scored, drift_at, full, learning_ctx, **options
         )
     else:
         learning = await replay(learning_res, scored, learning_ctx, **options)
+    reference = None
+    if settings.scenario in ("new-model", "cold"):
+        log("[reference] the warm router, learning under the same feedback")
+        warm_res = make_resources()
+        # The same run settings as the learning router, which has no presets here.
+        warm_res.fusion, warm_res.presets = None, None
+        warm_ctx = _context(warm_res, settings, record=True)
+        reference = await replay(warm_res, scored, warm_ctx, **options)
     return StreamRun(
         settings=settings,
         dataset=records.name,
@@ -405,6 +352,10 @@ async def run_scenario(
         memory_after=len(learning_res.memory),
         static_memory_unchanged=unchanged,
         new_model=newcomer,
+        reference=reference,
+        withheld=settings.category or largest_category(stream)
+        if settings.scenario == "unseen-category"
+        else None,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from emafusion.evals import stream_targets
 from emafusion.evals.stream import Step, StreamRun
 from emafusion.stores.atomic import write_text_atomic
 
@@ -163,6 +164,15 @@ def summary(run: StreamRun) -> dict[str, Any]:
             "accuracy_after_learning": float(learn_c[t:].mean()),
             "accuracy_after_static": float(static_c[t:].mean()),
         }
+    for key, figures in (
+        ("cold", stream_targets.cold(run)),
+        ("new_model_target", stream_targets.new_model(run)),
+        ("unseen_category", stream_targets.unseen_category(run)),
+    ):
+        if figures is not None:
+            out[key] = figures
+    if run.settings.context:
+        out["context"] = dict(run.settings.context)
     return out
 
 
@@ -242,6 +252,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{n['share_after_static']:.3f}; accuracy after: learning "
             f"{n['accuracy_after_learning']:.4f}, static {n['accuracy_after_static']:.4f}."
         )
+    lines += stream_targets.markdown_lines(r)
     last = r["windows"][-1]["learning_shares"]
     lines.append(
         "Learning router's shares in the last window: "
@@ -258,7 +269,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     ws = results["windows"]
     x = [w["end"] for w in ws]
-    fig, (acc, cost) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    fig, (acc, cost, shares) = plt.subplots(3, 1, figsize=(8, 9.5), sharex=True)
     for key, label in (
         ("learning", "learning router"),
         ("static", "static router"),
@@ -269,12 +280,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
         cost.plot(x, [w[f"{key}_cost_per_1k"] for w in ws], marker="o", label=label)
     event = results.get("drift") or results.get("new_model")
     if event:
-        for ax in (acc, cost):
+        for ax in (acc, cost, shares):
             ax.axvline(event["at_query"], color="grey", linestyle="--")
+    models = sorted({m for w in ws for m in w["learning_shares"]})
+    for model in models:
+        shares.plot(x, [w["learning_shares"].get(model, 0.0) for w in ws], marker=".", label=model)
+    shares.set_ylabel("learning router's share")
+    shares.legend(fontsize=7)
     acc.set_ylabel(f"accuracy per {results['window']} queries")
     cost.set_ylabel(f"cost per 1k queries ({results['cost_basis']})")
     cost.set_yscale("log")
-    cost.set_xlabel("queries into the stream")
+    shares.set_xlabel("queries into the stream")
     acc.legend(fontsize=8)
     acc.set_title(
         f"{results['dataset']} stream, {results['scenario']}, feedback {results['feedback']:.0%}"
@@ -290,6 +306,8 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
     stem = results["scenario"]
     if results["feedback"]:
         stem += f"-feedback-{results['feedback']:g}"
+    for key, value in sorted(results.get("context", {}).items()):
+        stem += f"-{key.replace('_', '-')}-{value}"
     md, js, png = out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.png"
     write_text_atomic(md, markdown(results))
     write_text_atomic(js, json.dumps(results, indent=2) + "\n")

@@ -150,6 +150,14 @@ class Context(BaseModel):
         "estimated tokens); None: only `budget_usd` bounds it.",
     )
 
+    novel_queries: Literal["plan", "strongest"] = Field(
+        default="plan",
+        description="A query unlike every stored one (its nearest neighbour below the "
+        "router's novelty threshold, fitted on held-out categories): 'plan' as any other, "
+        "or 'strongest': the model most accurate over all categories answers it alone, "
+        "until the memory holds evidence near it.",
+    )
+
     # --- judge and decide -------------------------------------------------------------------
     judges: tuple[str, ...] = Field(
         default=("memory_prior", "answer_format"),

@@ -138,6 +138,8 @@ class PredictedEvent(TypedDict):
     neighbours: list[str]
     candidates: list[str]
     explored: str | None
+    top_similarity: float  # of the nearest stored query with counted evidence
+    novel: bool  # below the router's novelty threshold: routed as `Context.novel_queries` says
 
 
 class InvokingEvent(TypedDict):

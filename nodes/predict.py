@@ -6,7 +6,7 @@ confident taxonomy's suitable models by how similar past queries went (hybrid).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,9 +22,16 @@ from emafusion.graph.state import (
     RouterState,
 )
 from emafusion.nodes import settings
+from emafusion.nodes.classify import category_accuracy
 from emafusion.nodes.events import emit
 from emafusion.nodes.exploration import explore
-from emafusion.nodes.planning import candidate, list_price_estimate, plan_cascade
+from emafusion.nodes.planning import (
+    affordable,
+    candidate,
+    list_price_estimate,
+    plan_cascade,
+    staged,
+)
 from emafusion.nodes.resources import RouterResources
 from emafusion.nodes.validate import allowed_models
 from emafusion.stores.memory import Prediction
@@ -66,6 +73,28 @@ def memory_options(
     return options, predictions
 
 
+def strongest_plan(
+    resources: RouterResources,
+    context: Context,
+    options: list[Candidate],
+    more_options: Callable[[list[str]], dict[str, Candidate]],
+) -> tuple[list[Candidate], list[Candidate]] | None:
+    """(plan, options): the allowed model most accurate over all categories, alone (the
+    conservative route of a novel query); None when no such model's call fits the budget."""
+    accuracy = category_accuracy(resources, None)
+    ranked = sorted(
+        (m for m in allowed_models(context, resources) if m in accuracy),
+        key=lambda m: (-accuracy[m], m),
+    )
+    known = {o["model"]: o for o in options}
+    for model in ranked:
+        added = {} if model in known else more_options([model])
+        option = known.get(model) or added[model]
+        if affordable([option], context.budget_usd):
+            return staged([option]), [*options, *added.values()]
+    return None
+
+
 async def predict(
     state: RouterState, runtime: Runtime[Context], resources: RouterResources
 ) -> dict[str, Any]:
@@ -85,9 +114,18 @@ async def predict(
         more, _ = memory_options(state, context, resources, names)
         return {c["model"]: c for c in more}
 
-    candidates, options, explored = explore(
-        resources, context, state["query"], candidates, options, more_options
+    top_similarity = max(
+        (s for p in predictions.values() for s in p.evidence.similarities), default=0.0
     )
+    novel = resources.novelty is not None and resources.novelty.is_novel(top_similarity)
+    explored = None
+    conservative = strongest_plan(resources, context, options, more_options) if novel else None
+    if conservative is not None and context.novel_queries == "strongest":
+        candidates, options = conservative
+    else:
+        candidates, options, explored = explore(
+            resources, context, state["query"], candidates, options, more_options
+        )
     best_evidence = max(predictions.values(), key=lambda p: p.n_eff)
     mode: RouteMode = "hybrid" if refine else "learned"
     event = emit(
@@ -108,6 +146,8 @@ async def predict(
             neighbours=list(best_evidence.evidence.query_ids[:5]),
             candidates=[c["model"] for c in candidates],
             explored=explored,
+            top_similarity=round(float(top_similarity), 4),
+            novel=novel,
         ),
     )
     return {"options": options, "candidates": candidates, "route_mode": mode, "trace": [event]}

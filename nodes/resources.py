@@ -36,6 +36,7 @@ from emafusion.stores.embeddings import EMBEDDER_KINDS, Embedder, default_embedd
 from emafusion.stores.fusion import FusionModel, load_fusion
 from emafusion.stores.memory import ModelStats, OutcomeMemory, OutcomeMemoryError
 from emafusion.stores.memory.postgres import open_postgres_memory
+from emafusion.stores.novelty import NoveltyRule
 from emafusion.stores.pool import ModelSpec, Pool, PoolError, load_default_pool, load_pool
 from emafusion.stores.presets import PresetBook, PresetError, load_presets
 from emafusion.stores.providers import ReplayStore, build_chat_model
@@ -74,6 +75,8 @@ class RouterResources:
     fusion: FusionModel | None = None
     # The operating points the evaluation chose (presets.json); None until then.
     presets: PresetBook | None = None
+    # When a query is unlike every stored one (fitted on held-out categories); None: never.
+    novelty: NoveltyRule | None = None
     # Whether live outcomes are written to router_dir (a deployment choice).
     persist_outcomes: bool = False
     # Recent runs, for feedback (on disk too when outcomes persist).
@@ -137,6 +140,7 @@ class RouterResources:
             taxonomy=taxonomy,
             records=records,
             router_dir=router_dir,
+            novelty=NoveltyRule.from_json(artifacts.info.get("novelty")),
         )
 
 

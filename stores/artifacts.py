@@ -22,6 +22,7 @@ import platformdirs
 from emafusion.stores.atomic import write_text_atomic
 from emafusion.stores.embeddings import Embedder
 from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord
+from emafusion.stores.novelty import fit_novelty
 from emafusion.stores.pool import Pool
 from emafusion.stores.providers import recorded_call_cost
 from emafusion.stores.recordings import Record, RecordSet, Split, embedding_text
@@ -163,6 +164,9 @@ def build_router_artifacts(
         "models": memory.models,
         "built_at": time.time(),
     }
+    novelty = fit_novelty(vectors, [r.category for r in fit_records])
+    if novelty is not None:
+        info["novelty"] = novelty.to_json()
     if calibrate_on is not None:
         held_out = records.split(calibrate_on)
         if held_out:

@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 
 from emafusion.cli.main import main
-from emafusion.evals.stream import (
-    StreamSettings,
-    degrade,
-    replay,
-    run_scenario,
-    serve_degraded,
-    stream_order,
-)
+from emafusion.evals.stream import StreamSettings, replay, run_scenario, stream_order
 from emafusion.evals.stream_report import markdown, summary
+from emafusion.evals.stream_worlds import degrade, serve_degraded
 from emafusion.graph import Context, make_graph
 from emafusion.nodes import resources as resources_module
 from emafusion.nodes.resources import RouterResources
@@ -134,8 +128,8 @@ async def test_a_drift_scenario_compares_both_runs_on_one_stream(
 
 
 def test_bad_settings_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match="scenario 'cold'"):
-        StreamSettings(scenario="cold")
+    with pytest.raises(ValueError, match="scenario 'lukewarm'"):
+        StreamSettings(scenario="lukewarm")
     with pytest.raises(ValueError, match=r"feedback must be a share in \[0, 1\]"):
         StreamSettings(feedback=1.5)
 
@@ -179,12 +173,74 @@ async def test_a_new_model_joins_at_t_with_no_history(synthetic_records: RecordS
     results = summary(run)
     assert results["new_model"]["model"] == "large"
     assert "New model: large joined" in markdown(results)
+    # The warm reference had it from the start; the target compares the share after T.
+    assert run.reference is not None and any(s.model == "large" for s in run.reference[:t])
+    target = results["new_model_target"]
+    assert target["share_warm"] > 0 and 0 <= target["share_learning"] <= 1
+    assert "in the warm run" in markdown(results)
+
+
+async def test_cold_starts_from_an_empty_memory_and_learns_from_feedback(
+    synthetic_records: RecordSet,
+) -> None:
+    settings = StreamSettings(scenario="cold", window=40, feedback=1.0)
+    run = await run_scenario(
+        lambda: synthetic.make_resources(synthetic_records),
+        synthetic_records,
+        synthetic.make_pool(),
+        settings,
+        log=lambda _: None,
+    )
+    assert run.memory_before == 0 and run.memory_after > 0
+    assert run.static_memory_unchanged
+    assert run.reference is not None and len(run.reference) == len(run.stream)
+    results = summary(run)
+    cold = results["cold"]
+    assert cold["after_queries"] == 300 and len(cold["windows"]) == len(results["windows"])
+    assert "Cold vs warm" in markdown(results)
+
+
+async def test_an_unseen_category_is_withheld_from_memory_and_classifier(
+    synthetic_records: RecordSet,
+) -> None:
+    settings = StreamSettings(
+        scenario="unseen-category",
+        window=40,
+        feedback=0.5,
+        category="history",
+        context={"novel_queries": "strongest"},
+    )
+    made: list[RouterResources] = []
+
+    def make() -> RouterResources:
+        made.append(synthetic.make_resources(synthetic_records))
+        return made[-1]
+
+    run = await run_scenario(make, synthetic_records, synthetic.make_pool(), settings, log=print)
+    static = made[0]
+    assert "history" not in static.classifier.categories
+    assert all(
+        static.memory.get(q) is not None and static.memory.get(q).category != "history"  # type: ignore[union-attr]
+        for q in static.memory.query_ids
+    )
+    assert run.withheld == "history"
+    results = summary(run)
+    unseen = results["unseen_category"]
+    assert unseen["queries"] == sum(1 for r in run.stream if r.category == "history")
+    assert unseen["strongest"] == "large"
+    # Its queries are unlike every stored one: the static router (it never learns) sends
+    # each to the strongest model, as the run setting says.
+    withheld = [s for r, s in zip(run.stream, run.static, strict=True) if r.category == "history"]
+    assert withheld and all(s.model == "large" for s in withheld)
+    others = [s for r, s in zip(run.stream, run.static, strict=True) if r.category != "history"]
+    assert any(s.model != "large" for s in others)
+    assert "Unseen category `history`" in markdown(results)
 
 
 def test_without_a_model_the_memory_has_no_history_of_it(
     tiny_resources: RouterResources, synthetic_records: RecordSet
 ) -> None:
-    from emafusion.evals.stream import without_model
+    from emafusion.evals.stream_worlds import without_model
 
     full = without_model(tiny_resources, synthetic_records, "large")
     assert "large" in full.names and "large" not in tiny_resources.pool.names

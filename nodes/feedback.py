@@ -15,6 +15,7 @@ import numpy as np
 
 from emafusion.nodes.resources import RouterResources
 from emafusion.stores.memory import OutcomeRecord
+from emafusion.stores.run_ledger import RunEntry
 
 
 class FeedbackError(ValueError):
@@ -46,6 +47,7 @@ def submit_feedback(
     memory = resources.memory
     vector: np.ndarray | None
     category: str | None = None
+    entry: RunEntry | None = None
     if run_id is not None:
         entry = resources.runs.get(run_id)
         if entry is None:
@@ -88,4 +90,8 @@ def submit_feedback(
         durable = memory.append(target, vector, [outcome], category) >= 0
     else:
         memory.add(target, vector, [outcome], category)
+    if entry is not None:
+        for name, predicted, offset in entry.predicted:
+            if name == model:  # the memory's own prediction: the offset taken back out
+                resources.drift.observe(model, float(score), predicted - offset)
     return FeedbackReceipt(target, model, float(score), durable)

@@ -52,6 +52,8 @@ def memory_options(
     options = []
     for model in models:
         prediction = predictions[model]
+        # What live feedback says the memory gets wrong about this model lately (drift).
+        p_success = min(1.0, max(0.0, prediction.p_success + resources.drift.offset(model)))
         spec = resources.spec(model)
         cost = prediction.expected_cost_usd
         if cost is None:
@@ -60,7 +62,7 @@ def memory_options(
             candidate(
                 spec,
                 state["query"],
-                prediction.p_success,
+                p_success,
                 cost,
                 source or ("memory" if prediction.n_eff > 0 else "prior"),
                 # Untried models get their exploration bonus in planning, so they are tried;

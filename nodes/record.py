@@ -47,6 +47,11 @@ async def record(
         category=category,
         model=state.get("model"),
         models=tuple(a["model"] for a in answered),
+        predicted=tuple(
+            (c["model"], c["p_success"], resources.drift.offset(c["model"]))
+            for c in state.get("options", [])
+            if c["model"] in {a["model"] for a in answered} and c["source"] in ("memory", "prior")
+        ),
     )
     # Feedback on this run may come later: the ledger knows what it needs.
     await asyncio.to_thread(resources.runs.add, entry)

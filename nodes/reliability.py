@@ -60,9 +60,7 @@ def table_from_memory(
             for m, s in memory.model_stats(category).items()
         }
 
-    return table_from_counts(
-        counts(None), {c: counts(c) for c in categories}, smoothing
-    )
+    return table_from_counts(counts(None), {c: counts(c) for c in categories}, smoothing)
 
 
 def reliabilities(

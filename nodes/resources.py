@@ -32,6 +32,7 @@ from emafusion.stores.artifacts import (
     default_router_dir,
 )
 from emafusion.stores.combiner import CombinerBook, load_combiners
+from emafusion.stores.drift import RecentResiduals
 from emafusion.stores.embeddings import EMBEDDER_KINDS, Embedder, default_embedder
 from emafusion.stores.fusion import FusionModel, load_fusion
 from emafusion.stores.memory import ModelStats, OutcomeMemory, OutcomeMemoryError
@@ -77,6 +78,8 @@ class RouterResources:
     presets: PresetBook | None = None
     # When a query is unlike every stored one (fitted on held-out categories); None: never.
     novelty: NoveltyRule | None = None
+    # Per model, how far its live feedback runs from the memory's predictions (drift).
+    drift: RecentResiduals = field(default_factory=RecentResiduals)
     # Whether live outcomes are written to router_dir (a deployment choice).
     persist_outcomes: bool = False
     # Recent runs, for feedback (on disk too when outcomes persist).
@@ -141,6 +144,7 @@ class RouterResources:
             records=records,
             router_dir=router_dir,
             novelty=NoveltyRule.from_json(artifacts.info.get("novelty")),
+            drift=RecentResiduals.from_json(artifacts.info.get("drift")),
         )
 
 

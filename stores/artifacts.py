@@ -20,6 +20,7 @@ import numpy as np
 import platformdirs
 
 from emafusion.stores.atomic import write_text_atomic
+from emafusion.stores.drift import choose_half_life
 from emafusion.stores.embeddings import Embedder
 from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord
 from emafusion.stores.novelty import fit_novelty
@@ -134,6 +135,25 @@ def build_classifier(
     return classifier
 
 
+def held_out_residuals(
+    memory: OutcomeMemory, records: Sequence[Record], vectors: np.ndarray, seed: int = 0
+) -> dict[str, list[float]]:
+    """Per model, score minus the memory's prediction on each held-out query, in a seeded
+    order (what live feedback would show, one query after another)."""
+    models = memory.models
+    if not models or not records:
+        return {}
+    batch = memory.predict_arrays(vectors, models, categories=[None] * len(records))
+    order = np.random.default_rng(seed).permutation(len(records))
+    out: dict[str, list[float]] = {m: [] for m in models}
+    for i in order:
+        for j, model in enumerate(batch.models):
+            outcome = records[i].outcomes.get(model)
+            if outcome is not None:
+                out[model].append(float(outcome.score) - float(batch.p_success[i, j]))
+    return out
+
+
 def build_router_artifacts(
     records: RecordSet,
     embedder: Embedder,
@@ -170,8 +190,8 @@ def build_router_artifacts(
     if calibrate_on is not None:
         held_out = records.split(calibrate_on)
         if held_out:
-            loss = classifier.calibrate(
-                embed_records(held_out, embedder), [r.category for r in held_out]
-            )
+            held_vectors = embed_records(held_out, embedder)
+            loss = classifier.calibrate(held_vectors, [r.category for r in held_out])
             info["classifier_calibration"] = {"split": calibrate_on, "log_loss": loss}
+            info["drift"] = choose_half_life(held_out_residuals(memory, held_out, held_vectors))
     return RouterArtifacts(memory, classifier, info)

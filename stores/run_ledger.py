@@ -27,6 +27,8 @@ class RunEntry:
     category: str | None
     model: str | None  # the model whose answer was returned; None: nobody answered
     models: tuple[str, ...]  # every model that answered
+    # (model, the memory's prediction planning used, the drift offset in it), per answer.
+    predicted: tuple[tuple[str, float, float], ...] = ()
 
 
 class RunLedger:
@@ -84,5 +86,8 @@ class RunLedger:
                         category=data.get("category"),
                         model=data.get("model"),
                         models=tuple(data.get("models", ())),
+                        predicted=tuple(
+                            (str(m), float(p), float(o)) for m, p, o in data.get("predicted", ())
+                        ),
                     )
         return found

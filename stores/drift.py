@@ -1,0 +1,104 @@
+"""Drift: a model whose recent answers go worse than the memory predicts loses traffic.
+
+The kNN memory weighs a fresh outcome like any of the thousands of training outcomes near
+it, so a model that degrades everywhere moves its predictions by a few neighbours at a
+time. Each ground-truth outcome received live (feedback) is also a residual: the score
+minus what the memory predicted for that model on that query. Per model, the residuals
+are averaged with a half-life counted in that model's feedback outcomes and shrunk toward
+zero by a pseudo-count; the result is added to the memory's predictions of the model.
+
+The half-life is chosen on data: on the validation queries in a seeded order, each
+candidate half-life's running offset predicts the next outcome (prequential squared
+error), and the best one is kept in the router's manifest. Recordings without drift pick
+a long half-life, and the offset then only corrects a steady bias; a model that starts
+failing moves the offset as fast as its feedback arrives.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+HALF_LIVES: tuple[float, ...] = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0, math.inf)
+PSEUDO_COUNT = 10.0  # residuals it takes to move the offset halfway to their mean
+DEFAULT_HALF_LIFE = 200.0  # routers built before the choice was made
+
+
+@dataclass
+class _Sums:
+    weight: float = 0.0
+    residual: float = 0.0
+
+
+@dataclass
+class RecentResiduals:
+    """Per model, the decayed mean residual of its live ground-truth outcomes."""
+
+    half_life: float = DEFAULT_HALF_LIFE  # in the model's feedback outcomes; inf: no decay
+    pseudo_count: float = PSEUDO_COUNT
+    _sums: dict[str, _Sums] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, model: str, score: float, predicted: float) -> None:
+        """One ground-truth outcome of `model` where the memory predicted `predicted`."""
+        keep = 1.0 if math.isinf(self.half_life) else 0.5 ** (1.0 / self.half_life)
+        with self._lock:
+            sums = self._sums.setdefault(model, _Sums())
+            sums.weight = sums.weight * keep + 1.0
+            sums.residual = sums.residual * keep + (float(score) - float(predicted))
+
+    def offset(self, model: str) -> float:
+        with self._lock:
+            sums = self._sums.get(model)
+            if sums is None:
+                return 0.0
+            return sums.residual / (sums.weight + self.pseudo_count)
+
+    def offsets(self) -> dict[str, float]:
+        with self._lock:
+            names = list(self._sums)
+        return {m: self.offset(m) for m in names}
+
+    @classmethod
+    def from_json(cls, data: object) -> RecentResiduals:
+        if isinstance(data, Mapping):
+            half_life = data.get("half_life")
+            if half_life is None:
+                return cls(half_life=math.inf)
+            if isinstance(half_life, int | float) and half_life > 0:
+                return cls(half_life=float(half_life))
+        return cls()
+
+
+def _prequential_error(residuals: np.ndarray, half_life: float) -> float:
+    """Squared error of predicting each residual by the running offset before it."""
+    keep = 1.0 if math.isinf(half_life) else 0.5 ** (1.0 / half_life)
+    weight = total = error = 0.0
+    for r in residuals:
+        offset = total / (weight + PSEUDO_COUNT)
+        error += (r - offset) ** 2
+        weight, total = weight * keep + 1.0, total * keep + r
+    return error
+
+
+def choose_half_life(residuals: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """The half-life with the least prequential error over every model's residual sequence
+    (validation queries in a seeded order), with each candidate's error."""
+    arrays = {m: np.asarray(r, dtype=np.float64) for m, r in residuals.items() if len(r)}
+    errors = {h: sum(_prequential_error(r, h) for r in arrays.values()) for h in HALF_LIVES}
+    n = sum(len(r) for r in arrays.values())
+    best = min(HALF_LIVES, key=lambda h: (errors[h], -h))
+    return {
+        "half_life": None if math.isinf(best) else best,
+        "pseudo_count": PSEUDO_COUNT,
+        "residuals": n,
+        "mean_squared_error": {
+            ("inf" if math.isinf(h) else f"{h:g}"): e / max(1, n) for h, e in errors.items()
+        },
+        "method": "prequential squared error of the running offset on validation, seeded order",
+    }

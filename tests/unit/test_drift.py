@@ -1,0 +1,65 @@
+"""Drift: live ground truth that runs below the memory's predictions lowers them for that
+model only; the half-life is chosen on data (long without drift, short with it); the
+choice travels in the router's manifest."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from emafusion.graph import Context, make_graph
+from emafusion.nodes.feedback import submit_feedback
+from emafusion.stores.drift import RecentResiduals, choose_half_life
+from emafusion.stores.recordings import RecordSet
+from tests import synthetic
+
+
+def test_the_offset_follows_the_residuals_and_forgets_with_the_half_life() -> None:
+    recent = RecentResiduals(half_life=10.0, pseudo_count=10.0)
+    assert recent.offset("m") == 0.0
+    for _ in range(200):
+        recent.observe("m", 0.0, 0.8)
+    assert -0.8 < recent.offset("m") < -0.4  # shrunk toward 0 by the pseudo-count
+    for _ in range(200):
+        recent.observe("m", 1.0, 0.8)  # it recovered: the old failures are forgotten
+    assert 0.1 < recent.offset("m") <= 0.2
+    assert recent.offset("other") == 0.0
+
+
+def test_the_half_life_is_chosen_on_data() -> None:
+    rng = np.random.default_rng(0)
+    stationary = {"a": list(rng.normal(0, 0.4, 600)), "b": list(rng.normal(0, 0.4, 600))}
+    assert choose_half_life(stationary)["half_life"] in (None, 800.0, 400.0)
+    shifting = {"a": list(np.r_[rng.normal(0.3, 0.1, 200), rng.normal(-0.3, 0.1, 200)] * 1.0)}
+    shifting["a"] += list(rng.normal(0.3, 0.1, 200))
+    chosen = choose_half_life(shifting)
+    assert chosen["half_life"] is not None and chosen["half_life"] <= 100
+    assert set(chosen["mean_squared_error"]) >= {"25", "inf"}
+    assert RecentResiduals.from_json(chosen).half_life == chosen["half_life"]
+    assert math.isinf(RecentResiduals.from_json({"half_life": None}).half_life)
+
+
+async def test_failing_feedback_lowers_that_models_predictions(
+    synthetic_records: RecordSet,
+) -> None:
+    resources = synthetic.make_resources(synthetic_records)
+    assert "drift" in synthetic.make_artifacts(synthetic_records).info
+    graph = make_graph(resources)
+    context = Context(record_outcomes=True)
+    stream = synthetic_records.split("validation", "test")
+
+    before = {m: resources.drift.offset(m) for m in resources.pool.names}
+    answered_by: dict[str, int] = {}
+    for record in stream:
+        output = await graph.ainvoke(
+            {"query": record.query, "record_id": record.id}, context=context
+        )
+        if output["model"]:
+            answered_by[output["model"]] = answered_by.get(output["model"], 0) + 1
+            submit_feedback(resources, output["run_id"], 0.0)  # every answer was wrong
+    assert all(v == 0.0 for v in before.values())
+    for model in answered_by:
+        assert resources.drift.offset(model) < -0.1
+    unused = [m for m in resources.pool.names if m not in answered_by]
+    assert all(resources.drift.offset(m) == 0.0 for m in unused)

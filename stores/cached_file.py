@@ -125,16 +125,18 @@ def build_cached_file(
     *,
     expect: Mapping[str, Any] | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    unusable: str | None = None,
 ) -> Path:
     """A derived file, built once per cache dir under a lock: unless a whole one is there
     (a racing process may have built it meanwhile), `build` gives its bytes and its
     manifest's own fields (`expect`'s fields are added). The manifest goes first (removed)
-    and last (written): no manifest, no use."""
+    and last (written): no manifest, no use. `unusable`: why the caller could not use the
+    whole file it found (its content is wrong in a way no manifest sees): rebuilt anyway."""
     from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=lock_timeout_s):
-        problem = cached_file_problem(path, expect)
+        problem = unusable or cached_file_problem(path, expect)
         if problem is None:
             return path
         if problem != "missing":

@@ -17,7 +17,8 @@ is a pickle of plain tuples, strings and numbers only, read back by an unpickler
 refuses every class, behind a header naming its format and key: a damaged, truncated or
 foreign file is rebuilt (with a one-line warning), never used. Where the cache cannot be
 written (read-only cache dir, a lock held too long), the recordings are parsed as before.
-``EMAFUSION_RECORDINGS_CACHE=0`` turns the cache off.
+``EMAFUSION_RECORDINGS_CACHE=0`` turns the cache off; ``EMAFUSION_RECORDINGS_CACHE_DIR``
+puts it elsewhere.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import logging
 import os
 import pickle
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from typing import Any
 import pydantic
 import pydantic_core
 
-from emafusion.stores.cached_file import build_cached_file, read_cached_file
+from emafusion.stores.cached_file import build_cached_file, manifest_path, read_cached_file
 from emafusion.stores.embedding_base import default_cache_dir
 from emafusion.stores.recordings.download import sha256_of
 from emafusion.stores.recordings.schema import Outcome, Record, RecordSet
@@ -46,6 +48,10 @@ from emafusion.stores.recordings.schema import Outcome, Record, RecordSet
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "EMAFUSION_RECORDINGS_CACHE"
+CACHE_DIR_ENV = "EMAFUSION_RECORDINGS_CACHE_DIR"
+# A cache of the same inputs made by other code (another checkout, an older version) is
+# removed once a new one is built, if it was not rebuilt for this long.
+STALE_SIBLING_S = 86_400.0
 # Bump when the payload's layout changes (the code fingerprint covers the loaders' source).
 CACHE_FORMAT = 1
 _MAGIC = b"EMAFUSION-RECORDINGS\n"
@@ -65,7 +71,9 @@ def cache_enabled(env: dict[str, str] | None = None) -> bool:
 
 
 def recordings_cache_dir() -> Path:
-    return default_cache_dir() / "recordings"
+    """``$EMAFUSION_RECORDINGS_CACHE_DIR``, else ``<cache dir>/recordings``."""
+    override = os.environ.get(CACHE_DIR_ENV, "").strip()
+    return Path(override).expanduser() if override else default_cache_dir() / "recordings"
 
 
 _code_fingerprint: str | None = None
@@ -106,14 +114,32 @@ def _input_identity(path: Path) -> dict[str, Any]:
 def cache_key(kind: str, files: Sequence[Path], options: dict[str, Any]) -> tuple[str, Path]:
     """(key, cache file) of loading ``files`` with loader ``kind`` and ``options``.
 
-    The file is named by the inputs' paths alone: a changed input rebuilds it in place
-    instead of leaving the old one behind."""
+    The file is named by the inputs' paths and the code: a changed input rebuilds it in
+    place instead of leaving the old one behind, and two checkouts of different code
+    reading the same files keep a cache each instead of rebuilding each other's."""
     inputs = [_input_identity(path) for path in files]
-    identity = {"kind": kind, "options": options, "inputs": inputs, "code": code_fingerprint()}
+    code = code_fingerprint()
+    identity = {"kind": kind, "options": options, "inputs": inputs, "code": code}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     where = json.dumps([kind, [i["path"] for i in inputs], options], sort_keys=True)
-    name = f"{kind}-{hashlib.sha256(where.encode()).hexdigest()[:16]}.pickle"
+    name = f"{kind}-{hashlib.sha256(where.encode()).hexdigest()[:16]}-{code[:8]}.pickle"
     return key, recordings_cache_dir() / name
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Caches of the same inputs by other code, not rebuilt for a day (best effort)."""
+    prefix = path.name.rsplit("-", 1)[0]
+    now = time.time()
+    for sibling in path.parent.glob(f"{prefix}-*.pickle"):
+        if sibling == path:
+            continue
+        try:
+            if now - sibling.stat().st_mtime > STALE_SIBLING_S:
+                manifest_path(sibling).unlink(missing_ok=True)
+                sibling.unlink(missing_ok=True)
+                Path(str(sibling) + ".lock").unlink(missing_ok=True)
+        except OSError:
+            continue
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,6 +386,7 @@ def cached_load(
         logger.warning("recordings cache %s not written (%s); parsed without it", path, exc)
         return built[0] if built else load()
     if built:
+        _remove_stale_siblings(path)
         return built[0]
     # A racing process built it while this one waited for the lock.
     data = read_cached_file(path, expect)

@@ -23,6 +23,7 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "cache"
     monkeypatch.setenv("EMAFUSION_CACHE_DIR", str(directory))
     monkeypatch.delenv(rcache.CACHE_ENV, raising=False)
+    monkeypatch.delenv(rcache.CACHE_DIR_ENV, raising=False)
     return directory
 
 

@@ -39,6 +39,7 @@ from emafusion.stores.memory.postgres import open_postgres_memory
 from emafusion.stores.pool import ModelSpec, Pool, PoolError, load_default_pool, load_pool
 from emafusion.stores.presets import PresetBook, PresetError, load_presets
 from emafusion.stores.providers import ReplayStore, build_chat_model
+from emafusion.stores.record_writer import RecordWriter
 from emafusion.stores.recordings import RecordSet, load_dataset
 from emafusion.stores.run_ledger import RunLedger
 from emafusion.stores.taxonomy import (
@@ -80,6 +81,9 @@ class RouterResources:
     runs: RunLedger = field(default_factory=RunLedger)
     # Serializes add-then-save of live outcomes (the memory itself is thread-safe).
     memory_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Writes what `record` hands it (ledger entry, outcomes) off the answer's path; readers
+    # that need their own writes call `flush_records()` first.
+    writer: RecordWriter = field(default_factory=RecordWriter)
     _reliability: tuple[tuple[int, int, float], float, ReliabilityTable] | None = field(
         default=None, repr=False
     )
@@ -89,6 +93,11 @@ class RouterResources:
 
     def spec(self, model: str) -> ModelSpec:
         return self.pool.get(model)
+
+    def flush_records(self, timeout: float | None = None) -> bool:
+        """Wait until every run's record handed to the writer so far is written (in the
+        memory and the ledger); False on timeout."""
+        return self.writer.flush(timeout)
 
     def model_stats(self, category: str | None) -> dict[str, ModelStats]:
         """The memory's per-model record (in a category), cached like the reliability

@@ -13,12 +13,22 @@ call it was in; throughput is outcomes per second of wall time. Every method run
 same memory in the same run, against the same disk (``--dir``, default a temporary
 directory), and the table gives throughput as a ratio to the baseline of that size.
 
-Usage:  .venv/bin/python bench/record.py [--sizes 10000,100000] [--quick]
+A second table is what a caller of the graph sees: the latency of ``graph.ainvoke`` with
+recording on, over the synthetic router of the unit tests (replay models, hash embedder:
+the router's own time, no model latency), with ``record`` writing inline (as before: the
+call returns after the memory write and, persisted, the fsynced appends) vs handing the
+write to the background writer. Each call starts with the writer idle (a client reads its
+answer before its next query; ``flush_records`` runs between calls, untimed); the
+back-to-back rate (no pause: each run waits at its start for the writes before it) is
+given too. Ratio: inline p50 / background p50.
+
+Usage:  .venv/bin/python bench/record.py [--sizes 10000,100000] [--quick] [--ainvoke-calls 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import shutil
@@ -32,7 +42,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from emafusion.graph import Context, make_graph  # noqa: E402
+from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord  # noqa: E402
+from emafusion.stores.record_writer import RecordWriter  # noqa: E402
+from emafusion.stores.run_ledger import RunLedger  # noqa: E402
+from tests import synthetic  # noqa: E402
 
 DIM = 384
 MODELS = [f"model-{j}" for j in range(8)]
@@ -132,6 +148,70 @@ def bench_size(size: int, root: Path, args: argparse.Namespace) -> list[list[str
     return rows
 
 
+async def _ainvoke_latencies(
+    background: bool, persist: bool, root: Path, calls: int
+) -> tuple[list[float], float]:
+    """(seconds of each ainvoke, writer idle at its start; back-to-back runs per second)."""
+    records = synthetic.make_records()
+    router_dir = root / f"router-{'bg' if background else 'inline'}-{'disk' if persist else 'mem'}"
+    resources = synthetic.make_resources(records, router_dir=router_dir)
+    resources.writer = RecordWriter(background=background)
+    if persist:
+        resources.persist_outcomes = True
+        resources.runs = RunLedger(router_dir)
+        resources.memory.save(router_dir / "memory")
+    graph = make_graph(resources)
+    context = Context(record_outcomes=True)
+    queries = [r for r in records.records if r.split != "train"]
+
+    async def ask(i: int) -> None:
+        # By text: replay answers it, and record writes a live query (new, then updated).
+        result = await graph.ainvoke({"query": queries[i % len(queries)].query}, context=context)
+        assert result["answer"], result
+
+    for i in range(5):  # warm-up: first calls build caches, the first save gives a home
+        await ask(i)
+    resources.flush_records()
+    latencies = []
+    for i in range(calls):
+        begin = time.perf_counter()
+        await ask(i)
+        latencies.append(time.perf_counter() - begin)
+        resources.flush_records()  # untimed: the writer is idle when the next call starts
+    begin = time.perf_counter()
+    for i in range(calls):
+        await ask(calls + i)
+    resources.flush_records()
+    rate = calls / (time.perf_counter() - begin)
+    assert resources.writer.failed == 0
+    return latencies, rate
+
+
+def bench_ainvoke(root: Path, calls: int) -> list[list[str]]:
+    rows = []
+    for persist in (False, True):
+        where = "fsynced log + ledger" if persist else "in memory"
+        results = {
+            mode: asyncio.run(_ainvoke_latencies(mode == "background", persist, root, calls))
+            for mode in ("inline", "background")
+        }
+        inline_p50 = statistics.median(results["inline"][0])
+        for mode, (latencies, rate) in results.items():
+            p50 = statistics.median(latencies)
+            rows.append(
+                [
+                    where,
+                    mode,
+                    f"{calls:,}",
+                    f"{p50 * 1e3:.2f}",
+                    f"{float(np.percentile(latencies, 99)) * 1e3:.2f}",
+                    f"{rate:,.0f}",
+                    f"{inline_p50 / p50:.2f}x",
+                ]
+            )
+    return rows
+
+
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -152,10 +232,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: tmp)")
     parser.add_argument("--quick", action="store_true", help="sizes 2k,10k, fewer calls")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ainvoke-calls", type=int, default=200, help="timed ainvoke calls per mode (0: skip)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = [2_000, 10_000] if "--sizes" not in (argv or sys.argv) else args.sizes
         args.saves, args.appends, args.batches = 3, 50, 5
+        args.ainvoke_calls = min(args.ainvoke_calls, 50)
     return args
 
 
@@ -171,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     try:
         rows = [row for size in args.sizes for row in bench_size(size, root, args)]
+        ainvoke_rows = bench_ainvoke(root, args.ainvoke_calls) if args.ainvoke_calls else []
     finally:
         shutil.rmtree(root, ignore_errors=True)
     header = [
@@ -184,6 +269,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     print()
     print(markdown(header, rows))
+    if ainvoke_rows:
+        print(
+            "\ngraph.ainvoke with recording on, synthetic router (replay models), as the "
+            "caller sees it:\n"
+        )
+        ainvoke_header = [
+            "memory",
+            "record writes",
+            "calls",
+            "p50 ms (writer idle)",
+            "p99 ms (writer idle)",
+            "back-to-back runs/s",
+            "p50 inline / p50 this",
+        ]
+        print(markdown(ainvoke_header, ainvoke_rows))
     print(f"\ntotal wall time {time.perf_counter() - started:.0f}s")
 
 

@@ -31,6 +31,7 @@ from emafusion.nodes.judge import JudgeInput, fan_out_judges, gather, judge
 from emafusion.nodes.predict import predict
 from emafusion.nodes.record import record
 from emafusion.nodes.resources import (
+    IN_RUN,
     DeploymentSettings,
     ResourceSource,
     RouterDirectory,
@@ -61,7 +62,11 @@ def _bind(
         resources = await source.aget()
         if entry:
             await resources.writer.aflush()
-        update = dict(await node(state, runtime, resources) or {})
+        in_run = IN_RUN.set(True)
+        try:
+            update = dict(await node(state, runtime, resources) or {})
+        finally:
+            IN_RUN.reset(in_run)
         excluded = float(update.pop("excluded_ms", 0.0))
         if count_overhead:
             elapsed = (time.perf_counter() - started) * 1000.0

@@ -63,12 +63,13 @@ async def record(
         if context.record_outcomes and a["confidence"] is not None and not a["judges_failed"]
     ]
 
+    memory = resources.memory  # the memory of this run, even if it is swapped meanwhile
+
     def write() -> None:
         # Feedback on this run may come later: the ledger knows what it needs.
         resources.runs.add(entry)
         if not outcomes:
             return
-        memory = resources.memory
         if resources.persist_outcomes and memory.location is None and resources.router_dir:
             with resources.memory_lock:  # a memory built in this process: give it a home
                 if memory.location is None:

@@ -11,6 +11,7 @@ long-running server picks up a retrained router without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import threading
@@ -147,6 +148,28 @@ class RouterResources:
             records=records,
             router_dir=router_dir,
         )
+
+
+# Set while a graph node runs (`graph.router`): there the run's entry already waited for the
+# records queued before it, and a read must not stall the event loop on concurrent runs'.
+IN_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("emafusion_in_run", default=False)
+
+
+def _get_memory(self: RouterResources) -> OutcomeMemory:
+    """The memory; read outside a run (an evaluation's tally, a test, an embedding
+    application), it first waits for the records queued so far: no stale reads."""
+    writer: RecordWriter | None = self.__dict__.get("writer")
+    if writer is not None and not IN_RUN.get() and writer.pending:
+        writer.flush()
+    memory: OutcomeMemory = self.__dict__["_memory"]
+    return memory
+
+
+def _set_memory(self: RouterResources, memory: OutcomeMemory) -> None:
+    self.__dict__["_memory"] = memory
+
+
+RouterResources.memory = property(_get_memory, _set_memory)
 
 
 class ResourceSource(Protocol):

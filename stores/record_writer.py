@@ -70,6 +70,7 @@ class RecordWriter:
             return
         with self._done:
             self._submitted += 1
+        self._ensure_thread()  # a full queue always has a thread emptying it
         self._queue.put(job)
         self._ensure_thread()
 
@@ -169,7 +170,8 @@ class RecordWriter:
         drained = self.flush(timeout)
         if not drained:
             logger.error(
-                "%d outcome write(s) still queued after %.0f s; they are lost", self.pending,
+                "%d outcome write(s) still queued after %.0f s; they are lost",
+                self.pending,
                 timeout or 0.0,
             )
         return drained

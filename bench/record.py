@@ -13,12 +13,22 @@ call it was in; throughput is outcomes per second of wall time. Every method run
 same memory in the same run, against the same disk (``--dir``, default a temporary
 directory), and the table gives throughput as a ratio to the baseline of that size.
 
-Usage:  .venv/bin/python bench/record.py [--sizes 10000,100000] [--quick]
+A second table is what a caller of the graph sees: the latency of ``graph.ainvoke`` with
+recording on, over the synthetic router of the unit tests (replay models, hash embedder:
+the router's own time, no model latency), with ``record`` writing inline (as before: the
+call returns after the memory write and, persisted, the fsynced appends) vs handing the
+write to the background writer. Each call starts with the writer idle (a client reads its
+answer before its next query; ``flush_records`` runs between calls, untimed); the
+back-to-back rate (no pause: each run waits at its start for the writes before it) is
+given too. Ratio: inline p50 / background p50.
+
+Usage:  .venv/bin/python bench/record.py [--sizes 10000,100000] [--quick] [--ainvoke-calls 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import shutil
@@ -28,11 +38,18 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
-from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from emafusion.graph import Context, make_graph  # noqa: E402
+from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord  # noqa: E402
+from emafusion.stores.record_writer import RecordWriter  # noqa: E402
+from emafusion.stores.run_ledger import RunLedger  # noqa: E402
+from tests import synthetic  # noqa: E402
 
 DIM = 384
 MODELS = [f"model-{j}" for j in range(8)]
@@ -132,6 +149,93 @@ def bench_size(size: int, root: Path, args: argparse.Namespace) -> list[list[str
     return rows
 
 
+MODES = ("inline", "background")
+STORES = {
+    "in memory": (False, 0.0),
+    "fsynced log + ledger": (True, 0.0),
+    # A store a network away (a shared database): each memory write takes 5 ms more.
+    "in memory + 5 ms simulated store": (False, 0.005),
+}
+
+
+def _resources(mode: str, persist: bool, delay_s: float, root: Path) -> Any:
+    records = synthetic.make_records()
+    router_dir = root / f"router-{mode}-{'disk' if persist else 'mem'}-{delay_s}"
+    resources = synthetic.make_resources(records, router_dir=router_dir)
+    resources.writer = RecordWriter(background=mode == "background")
+    if persist:
+        resources.persist_outcomes = True
+        resources.runs = RunLedger(router_dir)
+        resources.memory.save(router_dir / "memory")
+    if delay_s:
+        memory, add = resources.memory, resources.memory.add
+
+        def slow_add(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(delay_s)
+            return add(*args, **kwargs)
+
+        memory.add = slow_add
+    return resources, [r.query for r in records.records if r.split != "train"]
+
+
+async def _ainvoke_latencies(
+    persist: bool, delay_s: float, root: Path, calls: int
+) -> dict[str, tuple[list[float], float]]:
+    """Per mode: (seconds of each ainvoke, the writer idle at its start; back-to-back runs
+    per second). The modes' calls alternate, so a busy machine slows both alike."""
+    context = Context(record_outcomes=True)
+    setups = {mode: _resources(mode, persist, delay_s, root) for mode in MODES}
+    graphs = {mode: make_graph(resources) for mode, (resources, _) in setups.items()}
+
+    async def ask(mode: str, i: int) -> None:
+        # By text: replay answers it, and record writes a live query (new, then updated).
+        queries = setups[mode][1]
+        result = await graphs[mode].ainvoke({"query": queries[i % len(queries)]}, context=context)
+        assert result["answer"], result
+
+    latencies: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for i in range(5 + calls):  # 5 warm-up calls: caches built, the first save done
+        for mode in MODES:
+            begin = time.perf_counter()
+            await ask(mode, i)
+            if i >= 5:
+                latencies[mode].append(time.perf_counter() - begin)
+            setups[mode][0].flush_records()  # untimed: the writer idle for the next call
+    # Back to back, in alternating blocks of 10 calls per mode.
+    spent = dict.fromkeys(MODES, 0.0)
+    for block in range(0, calls, 10):
+        for mode in MODES:
+            begin = time.perf_counter()
+            for i in range(block, min(block + 10, calls)):
+                await ask(mode, calls + i)
+            setups[mode][0].flush_records()
+            spent[mode] += time.perf_counter() - begin
+    for mode in MODES:
+        assert setups[mode][0].writer.failed == 0
+    return {mode: (latencies[mode], calls / spent[mode]) for mode in MODES}
+
+
+def bench_ainvoke(root: Path, calls: int) -> list[list[str]]:
+    rows = []
+    for where, (persist, delay_s) in STORES.items():
+        results = asyncio.run(_ainvoke_latencies(persist, delay_s, root, calls))
+        inline_p50 = statistics.median(results["inline"][0])
+        for mode, (latencies, rate) in results.items():
+            p50 = statistics.median(latencies)
+            rows.append(
+                [
+                    where,
+                    mode,
+                    f"{calls:,}",
+                    f"{p50 * 1e3:.2f}",
+                    f"{float(np.percentile(latencies, 99)) * 1e3:.2f}",
+                    f"{rate:,.0f}",
+                    f"{inline_p50 / p50:.2f}x",
+                ]
+            )
+    return rows
+
+
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -152,10 +256,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: tmp)")
     parser.add_argument("--quick", action="store_true", help="sizes 2k,10k, fewer calls")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ainvoke-calls", type=int, default=200, help="timed ainvoke calls per mode (0: skip)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = [2_000, 10_000] if "--sizes" not in (argv or sys.argv) else args.sizes
         args.saves, args.appends, args.batches = 3, 50, 5
+        args.ainvoke_calls = min(args.ainvoke_calls, 50)
     return args
 
 
@@ -171,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     try:
         rows = [row for size in args.sizes for row in bench_size(size, root, args)]
+        ainvoke_rows = bench_ainvoke(root, args.ainvoke_calls) if args.ainvoke_calls else []
     finally:
         shutil.rmtree(root, ignore_errors=True)
     header = [
@@ -184,6 +293,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     print()
     print(markdown(header, rows))
+    if ainvoke_rows:
+        print(
+            "\ngraph.ainvoke with recording on, synthetic router (replay models), as the "
+            "caller sees it:\n"
+        )
+        ainvoke_header = [
+            "memory",
+            "record writes",
+            "calls",
+            "p50 ms (writer idle)",
+            "p99 ms (writer idle)",
+            "back-to-back runs/s",
+            "p50 inline / p50 this",
+        ]
+        print(markdown(ainvoke_header, ainvoke_rows))
     print(f"\ntotal wall time {time.perf_counter() - started:.0f}s")
 
 

@@ -128,6 +128,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     note = " (list prices x estimated tokens)" if estimated else ""
     print(f"cost:       ${result.get('cost_usd', 0.0):.6f}{note}")
     print(f"run id:     {result.get('run_id')}  (emafusion feedback --run-id ... --score S)")
+    # The run is recorded in the background (after the answer): written before exit.
+    resources.flush_records()
+    if resources.writer.failed:
+        print(f"recording this run failed: {resources.writer.last_error}", file=sys.stderr)
     if attempts_event and not attempts_event["data"].get("answered"):
         failures = [e["data"] for e in result.get("trace", []) if e["event"] == "failed"]
         reason = attempts_event["data"].get("reason") or "no model was tried"

@@ -31,6 +31,7 @@ from emafusion.nodes.judge import JudgeInput, fan_out_judges, gather, judge
 from emafusion.nodes.predict import predict
 from emafusion.nodes.record import record
 from emafusion.nodes.resources import (
+    IN_RUN,
     DeploymentSettings,
     ResourceSource,
     RouterDirectory,
@@ -43,17 +44,29 @@ ROUTER_MS = "router_ms"
 ResourceNode = Callable[[Any, Runtime[Context], RouterResources], Awaitable[dict[str, Any]]]
 
 
-def _bind(node: ResourceNode, source: ResourceSource, *, count_overhead: bool) -> Any:
+def _bind(
+    node: ResourceNode, source: ResourceSource, *, count_overhead: bool, entry: bool = False
+) -> Any:
     """The node as LangGraph calls it, with the resources handed in.
 
     Routing nodes add their own time to the router's overhead (`router_ms`), minus what
     they spent waiting on a model (`excluded_ms`): under concurrency, wall time would count
-    the time a query waits while others run; node time does not.
+    the time a query waits while others run; node time does not. The entry node first waits
+    for the records queued before this run began (`record` writes in the background): a
+    run sees every outcome that a run returned before it recorded, as when `record` wrote
+    inline (free when nothing is queued).
     """
 
     async def run(state: Any, runtime: Runtime[Context]) -> dict[str, Any]:
         started = time.perf_counter()
-        update = dict(await node(state, runtime, await source.aget()) or {})
+        resources = await source.aget()
+        if entry:
+            await resources.writer.aflush()
+        in_run = IN_RUN.set(True)
+        try:
+            update = dict(await node(state, runtime, resources) or {})
+        finally:
+            IN_RUN.reset(in_run)
         excluded = float(update.pop("excluded_ms", 0.0))
         if count_overhead:
             elapsed = (time.perf_counter() - started) * 1000.0
@@ -88,7 +101,7 @@ def make_builder(resources: RouterResources | ResourceSource | None = None) -> S
     builder = StateGraph(
         RouterState, context_schema=Context, input_schema=RouterInput, output_schema=RouterOutput
     )
-    builder.add_node("classify", _bind(classify, source, count_overhead=True))
+    builder.add_node("classify", _bind(classify, source, count_overhead=True, entry=True))
     builder.add_node("predict", _bind(predict, source, count_overhead=True))
     builder.add_node(
         "invoke_model",

@@ -44,6 +44,8 @@ def submit_feedback(
         raise FeedbackError(f"score must be a finite number in [0, 1], got {score!r}")
     if not 0.0 <= float(score) <= 1.0:
         raise FeedbackError(f"score must be in [0, 1] (1 = right), got {score}")
+    # Runs record in the background: the run (and its outcomes) may not be written yet.
+    resources.flush_records()
     memory = resources.memory
     vector: np.ndarray | None
     category: str | None = None

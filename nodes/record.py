@@ -3,11 +3,14 @@
 An answer a judge failed on is never recorded: its confidence says nothing of it. Whether
 outcomes reach disk is the deployment's choice (`persist_outcomes`), never a run's; there
 they append to the memory's outcome log (compacted by `emafusion memory compact`).
+
+The write is handed to the resources' background writer (`emafusion.stores.record_writer`):
+`ainvoke` returns without waiting for it. Every run waits for the writes queued before it
+started (`graph.router`), and feedback for those before it, so each sees what came earlier.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import Any
 
@@ -53,10 +56,6 @@ async def record(
             if c["model"] in {a["model"] for a in answered} and c["source"] in ("memory", "prior")
         ),
     )
-    # Feedback on this run may come later: the ledger knows what it needs.
-    await asyncio.to_thread(resources.runs.add, entry)
-    if not context.record_outcomes:
-        return {}
     outcomes = [
         OutcomeRecord(
             model=a["model"],
@@ -66,13 +65,16 @@ async def record(
             latency_s=a["latency_ms"] / 1000.0,
         )
         for a in answered
-        if a["confidence"] is not None and not a["judges_failed"]
+        if context.record_outcomes and a["confidence"] is not None and not a["judges_failed"]
     ]
-    if not outcomes:
-        return {}
+
+    memory = resources.memory  # the memory of this run, even if it is swapped meanwhile
 
     def write() -> None:
-        memory = resources.memory
+        # Feedback on this run may come later: the ledger knows what it needs.
+        resources.runs.add(entry)
+        if not outcomes:
+            return
         if resources.persist_outcomes and memory.location is None and resources.router_dir:
             with resources.memory_lock:  # a memory built in this process: give it a home
                 if memory.location is None:
@@ -84,7 +86,11 @@ async def record(
         else:
             memory.add(query_id, vector, outcomes, category)
 
-    await asyncio.to_thread(write)
+    # Off the answer's path: the writer runs it after this run returns; the next run (and
+    # feedback) waits for it first (`RouterResources.flush_records`).
+    await resources.writer.asubmit(write)
+    if not outcomes:
+        return {}
     event = emit(
         runtime, "recorded", RecordedEvent(query_id=query_id, models=[o.model for o in outcomes])
     )

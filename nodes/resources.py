@@ -11,6 +11,7 @@ long-running server picks up a retrained router without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import threading
@@ -41,6 +42,7 @@ from emafusion.stores.novelty import NoveltyRule
 from emafusion.stores.pool import ModelSpec, Pool, PoolError, load_default_pool, load_pool
 from emafusion.stores.presets import PresetBook, PresetError, load_presets
 from emafusion.stores.providers import ReplayStore, build_chat_model
+from emafusion.stores.record_writer import RecordWriter
 from emafusion.stores.recordings import RecordSet, load_dataset
 from emafusion.stores.run_ledger import RunLedger
 from emafusion.stores.taxonomy import (
@@ -86,6 +88,9 @@ class RouterResources:
     runs: RunLedger = field(default_factory=RunLedger)
     # Serializes add-then-save of live outcomes (the memory itself is thread-safe).
     memory_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Writes what `record` hands it (ledger entry, outcomes) off the answer's path; readers
+    # that need their own writes call `flush_records()` first.
+    writer: RecordWriter = field(default_factory=RecordWriter)
     _reliability: tuple[tuple[int, int, float], float, ReliabilityTable] | None = field(
         default=None, repr=False
     )
@@ -95,6 +100,11 @@ class RouterResources:
 
     def spec(self, model: str) -> ModelSpec:
         return self.pool.get(model)
+
+    def flush_records(self, timeout: float | None = None) -> bool:
+        """Wait until every run's record handed to the writer so far is written (in the
+        memory and the ledger); False on timeout."""
+        return self.writer.flush(timeout)
 
     def model_stats(self, category: str | None) -> dict[str, ModelStats]:
         """The memory's per-model record (in a category), cached like the reliability
@@ -146,6 +156,28 @@ class RouterResources:
             novelty=NoveltyRule.from_json(artifacts.info.get("novelty")),
             drift=RecentResiduals.from_json(artifacts.info.get("drift")),
         )
+
+
+# Set while a graph node runs (`graph.router`): there the run's entry already waited for the
+# records queued before it, and a read must not stall the event loop on concurrent runs'.
+IN_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("emafusion_in_run", default=False)
+
+
+def _get_memory(self: RouterResources) -> OutcomeMemory:
+    """The memory; read outside a run (an evaluation's tally, a test, an embedding
+    application), it first waits for the records queued so far: no stale reads."""
+    writer: RecordWriter | None = self.__dict__.get("writer")
+    if writer is not None and not IN_RUN.get() and writer.pending:
+        writer.flush()
+    memory: OutcomeMemory = self.__dict__["_memory"]
+    return memory
+
+
+def _set_memory(self: RouterResources, memory: OutcomeMemory) -> None:
+    self.__dict__["_memory"] = memory
+
+
+RouterResources.memory = property(_get_memory, _set_memory)
 
 
 class ResourceSource(Protocol):

@@ -166,6 +166,7 @@ def create_app(
         resources = await state.resources()
 
         def submit() -> FeedbackReply:
+            resources.flush_records()  # the run's ledger entry is written in the background
             if resources.runs.get(body.run_id) is None:
                 raise APIError(
                     404,

@@ -19,28 +19,27 @@ How it stays safe:
   rebuilt, with a warning naming it: the file is derived data and the recipe is
   deterministic, so rebuilding loses nothing. Where it cannot be rebuilt (no torch), loading
   fails with an error that names the file and the fix.
+* Those three are the one mechanism of every cached derived file
+  (`emafusion.stores.cached_file`: `build_cached_file`, `cached_file_problem`).
 * The export is checked against torch on probe inputs before it is published.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import io
-import json
 import logging
-import shutil
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from emafusion.stores.atomic import write_bytes_atomic, write_text_atomic
+from emafusion.stores.cached_file import MANIFEST_FORMAT as MANIFEST_FORMAT
+from emafusion.stores.cached_file import build_cached_file, cached_file_problem
+from emafusion.stores.cached_file import manifest_path as manifest_path
 from emafusion.stores.embedding_base import MINILM_NAME, force_offline, model_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -52,7 +51,6 @@ VARIANTS: tuple[OnnxVariant, ...] = ("fp32", "int8")
 ONNX_RECIPE = "r1"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "token_embeddings"
-MANIFEST_FORMAT = 1
 # The export must reproduce torch's token embeddings; 3e-6 is typical, 1e-4 is a real bug.
 EXPORT_TOLERANCE = 1e-4
 LOCK_TIMEOUT_S = 900.0  # an export takes ~30 s on 2 cores; waiting longer means a stuck peer
@@ -73,10 +71,6 @@ def onnx_model_path(model_dir: Path, cache_dir: Path, variant: OnnxVariant) -> P
     return Path(cache_dir) / "onnx" / name
 
 
-def manifest_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
 def missing_packages(variant: OnnxVariant) -> list[str]:
     """Packages this process lacks to build ``variant`` from nothing (found, not imported)."""
     needed = _EXPORT_PACKAGES + (_QUANTIZE_PACKAGES if variant == "int8" else ())
@@ -94,46 +88,8 @@ def importable(name: str) -> bool:
 # Checking a cached file
 # --------------------------------------------------------------------------------------------
 
-_verified_lock = threading.Lock()
-_verified: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def cached_model_problem(path: Path) -> str | None:
-    """Why the cached file at ``path`` must not be used, or None when it is whole.
-
-    Whole means: a manifest of this format exists and the file's size and sha256 match it.
-    The hash is memoized per process on (size, mtime), so a second embedder is free.
-    """
-    if not path.is_file():
-        return "missing"
-    meta = manifest_path(path)
-    if not meta.is_file():
-        return f"no manifest {meta.name} (an export that did not finish)"
-    try:
-        manifest = json.loads(meta.read_text())
-        expected_sha, expected_size = str(manifest["sha256"]), int(manifest["size"])
-        if manifest.get("format") != MANIFEST_FORMAT:
-            return f"manifest {meta.name} has format {manifest.get('format')!r}"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"unreadable manifest {meta.name} ({exc})"
-    stat = path.stat()
-    if stat.st_size != expected_size:
-        return f"size {stat.st_size} bytes, manifest says {expected_size}"
-    memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
-    with _verified_lock:
-        sha = _verified.get(memo_key)
-    if sha is None:
-        sha = _sha256_file(path)
-        with _verified_lock:
-            _verified[memo_key] = sha
-    if sha != expected_sha:
-        return f"sha256 {sha[:12]}... differs from the manifest's {expected_sha[:12]}... (damaged)"
-    return None
+# The manifest check is the one of every cached derived file (`emafusion.stores.cached_file`).
+cached_model_problem = cached_file_problem
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,57 +125,25 @@ def ensure_onnx_model(model_dir: Path, cache_dir: Path, variant: OnnxVariant) ->
             data = quantize_int8(ensure_onnx_model(model_dir, cache_dir, "fp32"))
         return data, {"variant": variant, "recipe": ONNX_RECIPE, "versions": _versions()}
 
-    return build_cached_file(path, model_dir, build, "building", "an fp32 export takes ~30 s")
+    return build_model_file(path, model_dir, build, "building", "an fp32 export takes ~30 s")
 
 
-def build_cached_file(
+def build_model_file(
     path: Path,
     model_dir: Path,
     build: Callable[[], tuple[bytes, dict[str, Any]]],
     verb: str,
     why: str,
 ) -> Path:
-    """A file derived from the model, built once per cache dir under a lock: unless a whole
-    one is there (a racing process may have built it meanwhile), `build` gives its bytes
-    and its manifest's own fields. The manifest goes first (removed) and last (written):
-    no manifest, no use."""
-    from filelock import FileLock
+    """A file derived from the model, built once per cache dir under a lock
+    (`build_cached_file`); its manifest also names the model it came from."""
+    fields = {"source": str(model_dir), "source_fingerprint": model_fingerprint(model_dir)}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
-        problem = cached_model_problem(path)
-        if problem is None:
-            return path
-        if problem != "missing":
-            logger.warning("rebuilding %s: %s", path, problem)
-        _remove_leftovers(path)
-        logger.info("%s %s once (%s)", verb, path, why)
-        started = time.perf_counter()
-        data, fields = build()
-        manifest_path(path).unlink(missing_ok=True)
-        write_bytes_atomic(path, data)
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "size": len(data),
-            **fields,
-            "source": str(model_dir),
-            "source_fingerprint": model_fingerprint(model_dir),
-            "built_at": time.time(),
-            "build_seconds": round(time.perf_counter() - started, 1),
-        }
-        write_text_atomic(manifest_path(path), json.dumps(manifest, indent=2, sort_keys=True))
-        logger.info("built %s in %.0f s", path, manifest["build_seconds"])
-    return path
+    def build_with_source() -> tuple[bytes, dict[str, Any]]:
+        data, own = build()
+        return data, {**own, **fields}
 
-
-def _remove_leftovers(path: Path) -> None:
-    """Temporary files and folders of builds that crashed (we hold the lock: none is live)."""
-    for leftover in path.parent.glob(f".{path.name}.*"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+    return build_cached_file(path, build_with_source, verb, why, lock_timeout_s=LOCK_TIMEOUT_S)
 
 
 def _versions() -> dict[str, str]:

@@ -45,7 +45,7 @@ from emafusion.stores.onnx_export import (
     ONNX_RECIPE,
     OUTPUT_NAME,
     OnnxModelError,
-    build_cached_file,
+    build_model_file,
     cached_model_problem,
     ensure_onnx_model,
     importable,
@@ -134,7 +134,7 @@ def ensure_static_table(model_dir: Path, cache_dir: Path, dims: int, tokenizer: 
         }
 
     why = "one ONNX run per vocabulary token"
-    return build_cached_file(path, model_dir, build, "distilling", why)
+    return build_model_file(path, model_dir, build, "distilling", why)
 
 
 def _missing_for_build(model_dir: Path, cache_dir: Path) -> list[str]:

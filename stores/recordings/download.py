@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,11 +136,26 @@ def resolve_data_dir(
     return cache_dir if cache_dir is not None else user_cache_data_dir()
 
 
+_sha256_lock = threading.Lock()
+_sha256_memo: dict[tuple[int, int, int, int, int], str] = {}
+
+
 def sha256_of(path: Path) -> str:
+    """The file's sha256, memoized per process on its identity (device, inode, size, mtime
+    and ctime: any write changes ctime), so verifying a file and keying a cache by it read
+    the file once."""
+    stat = path.stat()
+    memo_key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    with _sha256_lock:
+        known = _sha256_memo.get(memo_key)
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
+    with _sha256_lock:
+        _sha256_memo[memo_key] = digest.hexdigest()
     return digest.hexdigest()
 
 

@@ -188,10 +188,12 @@ async def test_judged_outcome_is_recorded_and_persisted_only_if_the_deployment_s
     off = await graph.ainvoke(
         {"query": record.query, "record_id": record.id}, context=Context(record_outcomes=False)
     )
+    assert resources.flush_records()  # recording runs in the background
     assert len(resources.memory) == before and "recorded" not in _events(off)
     result = await graph.ainvoke(
         {"query": record.query, "record_id": record.id}, context=Context(record_outcomes=True)
     )
+    assert resources.flush_records()
     assert len(resources.memory) == before + 1
     stored = resources.memory.get(record.id)
     assert stored is not None
@@ -203,6 +205,7 @@ async def test_judged_outcome_is_recorded_and_persisted_only_if_the_deployment_s
     await graph.ainvoke(
         {"query": other.query, "record_id": other.id}, context=Context(record_outcomes=True)
     )
+    assert resources.flush_records()
     # Durable: another process loading the router directory sees the live outcome.
     reloaded = OutcomeMemory.load(tmp_path / "router" / "memory")
     stored_again = reloaded.get(other.id)

@@ -320,3 +320,39 @@ async def test_the_graph_records_the_memory_p_the_training_traces_compute(
             assert policy.fuse(a) == policy.fuse(b)
             compared += 1
     assert compared == 3 * len(records)
+
+
+# --- which features the calibrator keeps ---------------------------------------------------
+
+
+def _calibrate_on(monkeypatch: pytest.MonkeyPatch, informative: bool, n: int = 3000) -> FusionModel:
+    """The calibrator fitted on synthetic rows where the memory features carry the label
+    (`informative`) or are noise."""
+    from types import SimpleNamespace
+
+    from emafusion.train import fusion
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(n, len(FEATURES)))
+    signal = x[:, 0] + (2.0 * x[:, MEMORY_P] if informative else 0.0)
+    y = rng.random(n) < 1 / (1 + np.exp(-signal))
+    folds = rng.integers(0, fusion.FEATURE_FOLDS, size=n)
+    monkeypatch.setattr(fusion, "_rows", lambda traces: (x, y, folds))
+    return fusion.fit_calibrator(SimpleNamespace(model=FusionModel()))  # type: ignore[arg-type]
+
+
+def test_the_memory_features_are_kept_where_they_separate_on_held_out_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = _calibrate_on(monkeypatch, informative=True)
+    assert model.info["calibrator"]["features"] == "agreement + memory"
+    assert model.coef[MEMORY_P] > 1.0
+    losses = model.info["calibrator"]["held_out_log_loss"]
+    assert losses["agreement + memory"] < losses["agreement"]
+
+
+def test_memory_features_that_do_not_help_weigh_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _calibrate_on(monkeypatch, informative=False)
+    assert model.info["calibrator"]["features"] == "agreement"
+    assert model.coef[MEMORY_P] == model.coef[MEMORY_LOG_ODDS] == 0.0
+    assert model.coef[0] > 0.5

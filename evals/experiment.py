@@ -3,8 +3,8 @@ train (+ validation for each one's threshold), then the test split touched once.
 
 Phases (each timed, one progress bar where long):
 1. fit: memory and category classifier on train (the classifier calibrated on validation);
-2. signals: every query's category probabilities, answer keys and costs, cross-fitted on
-   train (one embedding pass, cached);
+2. signals: every query's category probabilities, answer keys, costs and memory
+   predictions, cross-fitted (memory: leave-one-out) on train (one embedding pass, cached);
 3. presets: staged fusion plans and their thresholds (`train.fusion_search`), written with
    the fusion model into the router directory: the evaluated router is the served one;
 4. baselines from the recordings: single models, random, oracle, zero-router hull, the
@@ -124,14 +124,26 @@ class Evaluation:
         # outcome is one of some hundred in its category's accuracy, while fold tables would
         # shift every threshold between selection and serving.
         table = self.resources.reliability_table(SMOOTHING)
+        # The memory's predictions as the graph asks them (the presets leave k at its
+        # default); train queries, which the memory holds, leave-one-out.
+        asked = {"taxonomy_threshold": TAXONOMY_THRESHOLD, "k": Context().k}
         train_signals = ft.query_signals(
-            train, vectors[: len(train)], self.resources, classifiers, table, fold
+            train,
+            vectors[: len(train)],
+            self.resources,
+            classifiers,
+            table,
+            fold,
+            leave_out=True,
+            **asked,
         )
         out, start = [], len(train)
         for records in others:
             block = vectors[start : start + len(records)]
             out.append(
-                ft.query_signals(records, block, self.resources, self.artifacts.classifier, table)
+                ft.query_signals(
+                    records, block, self.resources, self.artifacts.classifier, table, **asked
+                )
             )
             start += len(records)
         return train_signals, out

@@ -126,6 +126,8 @@ def summarize(
             "coef": list(fusion.coef),
             "intercept": fusion.intercept,
             "smoothing": fusion.smoothing,
+            # Which feature set the cross-validation on train kept, and its held-out losses.
+            "calibrator": fusion.info.get("calibrator"),
         },
         "search": {
             "candidates": search.candidates,

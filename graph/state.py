@@ -80,6 +80,9 @@ class Attempt(TypedDict):
     # P(this model is right on a query like this one), before reading the answer; the
     # weight of its vote when answers are fused.
     reliability: float | None
+    # The outcome memory's kNN P(success) of this model on this very query (its nearest
+    # stored queries), before reading the answer; a feature of the fused confidence.
+    memory_p: float | None
     confidence: float | None
     decision: Decision | None
 
@@ -97,6 +100,8 @@ class AttemptView(TypedDict):
     judges_failed: list[str]
     answer_key: str | None
     reliability: float | None
+    # Absent from views recorded before the memory features: read as unknown.
+    memory_p: NotRequired[float | None]
 
 
 class CascadeView(TypedDict):

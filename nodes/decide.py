@@ -1,8 +1,10 @@
 """decide + route_after_decide: gather a stage's verdicts, then ask the decision policy.
 
 For each answer of the stage: its judges' confidence (the configured combiner; a failed
-judge makes the policy distrust it, fail closed), the key equal answers share, and its
-model's reliability on this query's kind (the weight of its vote when answers are fused).
+judge makes the policy distrust it, fail closed), the key equal answers share, its
+model's reliability on this query's kind (the weight of its vote when answers are fused)
+and the memory's kNN P(success) of its model on this very query (`memory_p`, a feature of
+the fused confidence).
 Earlier answers' agreement is re-scored; after a stage that failed, the plan is replanned
 (and, with nothing planned left, the rest of the pool takes over). The policy's decision
 and its whole input go into a `decided` event; the conditional edge reads the decision.
@@ -31,7 +33,7 @@ from emafusion.nodes.invoke_model import dispatch_stage
 from emafusion.nodes.judges.agreement import agreement_with
 from emafusion.nodes.planning import affordable, replan_after_failure
 from emafusion.nodes.predict import memory_options
-from emafusion.nodes.reliability import reliabilities
+from emafusion.nodes.reliability import memory_success, reliabilities
 from emafusion.nodes.resources import RouterResources
 from emafusion.nodes.validate import allowed_models
 from emafusion.stores.answers import answer_key, option_count, semantic_keys
@@ -93,6 +95,14 @@ def _judge_stage(
     table = resources.reliability_table(fusion.smoothing)
     probs = state.get("category_probs", {})
     trust = reliabilities(table, [a["model"] for a in stage], probs)
+    # Asked of the whole pool, as training asks it (the same numbers to the last bit).
+    known = memory_success(
+        resources.memory,
+        state["query_vector"],
+        resources.pool.names,
+        context.k,
+        state.get("category"),
+    )
     n_options = option_count(state["query"])
     for attempt in stage:
         mine = [v for v in verdicts if v["attempt"] == attempt["index"]]
@@ -103,6 +113,7 @@ def _judge_stage(
         attempt["judges_failed"] = [v["judge"] for v in mine if v["failed"]]
         attempt["answer_key"] = answer_key(state["query"], attempt["answer"], n_options)
         attempt["reliability"] = trust[attempt["model"]]
+        attempt["memory_p"] = known[attempt["model"]]
         if attempt["judges_failed"] and context.on_judge_failure == "escalate":
             attempt["confidence"] = FAILED_JUDGE_CONFIDENCE
         else:

@@ -95,6 +95,7 @@ def new_attempt(
         "judges_failed": [],
         "answer_key": None,
         "reliability": None,
+        "memory_p": None,
         "confidence": None,
         "decision": None,
     }

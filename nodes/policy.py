@@ -77,6 +77,7 @@ def view_of(attempt: Attempt) -> AttemptView:
         judges_failed=list(attempt["judges_failed"]),
         answer_key=attempt["answer_key"],
         reliability=attempt["reliability"],
+        memory_p=attempt.get("memory_p"),
     )
 
 
@@ -106,6 +107,19 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def _vote_weight(r: float, options: int) -> float:
+    r = min(1.0 - _EPS, max(_EPS, r))
+    return math.log(r * (options - 1) / (1.0 - r))
+
+
+def _share(scores: Mapping[str, float], key: str, options: int) -> float:
+    """The softmax share of `key` among the keys voted for and the options nobody chose."""
+    peak = max(scores.values())
+    unseen = max(0, options - len(scores))
+    total = sum(math.exp(s - peak) for s in scores.values()) + unseen * math.exp(-peak)
+    return math.exp(scores[key] - peak) / total
+
+
 def fuse(view: CascadeView, model: FusionModel = DEFAULT_FUSION) -> Fused | None:
     """The weighted vote over every answer gathered so far (None: nobody answered).
 
@@ -113,6 +127,11 @@ def fuse(view: CascadeView, model: FusionModel = DEFAULT_FUSION) -> Fused | None
     each of the K options nobody chose scores 0; the posterior of the top key is its
     softmax share. The representative of a key is its most reliable answer (the later
     one on ties, which was called for a reason).
+
+    The memory features read each answer's `memory_p` (the outcome memory's kNN P(success)
+    of its model on this query; its reliability where the view has none): `memory_p` is
+    the logit of the highest among the top key's answers, `memory_log_odds` the logit of
+    the top key's share in the same vote weighed by `memory_p` instead of reliability.
     """
     attempts = view["attempts"]
     answered = [i for i, a in enumerate(attempts) if a["status"] == "answered"]
@@ -120,34 +139,45 @@ def fuse(view: CascadeView, model: FusionModel = DEFAULT_FUSION) -> Fused | None
         return None
     options = view["n_options"] or model.open_options
     scores: dict[str, float] = {}
+    memory_scores: dict[str, float] = {}
     members: dict[str, list[int]] = {}
-    for i in answered:
-        a = attempts[i]
-        key = a["answer_key"]
-        if key is None:
-            continue
-        r = min(1.0 - _EPS, max(_EPS, a["reliability"] if a["reliability"] is not None else 0.5))
-        scores[key] = scores.get(key, 0.0) + math.log(r * (options - 1) / (1.0 - r))
-        members.setdefault(key, []).append(i)
 
     def reliability(i: int) -> float:
         r = attempts[i]["reliability"]
         return r if r is not None else 0.5
 
+    def memory(i: int) -> float:
+        m = attempts[i].get("memory_p")
+        return m if m is not None else reliability(i)
+
+    for i in answered:
+        key = attempts[i]["answer_key"]
+        if key is None:
+            continue
+        scores[key] = scores.get(key, 0.0) + _vote_weight(reliability(i), options)
+        memory_scores[key] = memory_scores.get(key, 0.0) + _vote_weight(memory(i), options)
+        members.setdefault(key, []).append(i)
+
     stage = float(max(a["stage"] for a in attempts))
     if not scores:
         # No answer committed to anything comparable: the most reliable one, unfused.
         chosen = max(reversed(answered), key=reliability)
-        r = reliability(chosen)
-        features = (_logit(r / options), 0.0, 0.0, 0.0, _logit(r), stage)
+        r, m = reliability(chosen), memory(chosen)
+        features = (
+            _logit(r / options),
+            0.0,
+            0.0,
+            0.0,
+            _logit(r),
+            stage,
+            _logit(m),
+            _logit(m / options),
+        )
         calibrated = model.calibrated(features)
         low = r / options
         return Fused(None, chosen, low, low if calibrated is None else calibrated, features)
     top = max(scores, key=lambda k: (scores[k], len(members[k]), max(members[k])))
-    peak = max(scores.values())
-    unseen = max(0, options - len(scores))
-    total = sum(math.exp(s - peak) for s in scores.values()) + unseen * math.exp(-peak)
-    posterior = math.exp(scores[top] - peak) / total
+    posterior = _share(scores, top, options)
     chosen = max(reversed(members[top]), key=reliability)
     features = (
         _logit(posterior),
@@ -156,6 +186,8 @@ def fuse(view: CascadeView, model: FusionModel = DEFAULT_FUSION) -> Fused | None
         float(len(scores)),
         _logit(max(reliability(i) for i in members[top])),
         stage,
+        _logit(max(memory(i) for i in members[top])),
+        _logit(_share(memory_scores, top, options)),
     )
     calibrated = model.calibrated(features)
     return Fused(top, chosen, posterior, posterior if calibrated is None else calibrated, features)

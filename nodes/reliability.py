@@ -4,12 +4,18 @@ probabilities. The weight of its vote when answers are fused (`policy.fuse`).
 
 The same table serves the graph (from the router's memory) and training (from the folds of
 a cross-fitting), so both weigh votes alike.
+
+Beside it, `memory_success`: the memory's kNN P(success) of each model on this very query
+(its nearest stored queries, shrunk toward the category prior), a feature of the fused
+confidence. Training computes it leave-one-out (`train.fusion_traces.loo_memory_success`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from emafusion.stores.memory import OutcomeMemory
 
@@ -67,3 +73,23 @@ def reliabilities(
     table: ReliabilityTable, models: Sequence[str], category_probs: Mapping[str, float]
 ) -> dict[str, float]:
     return {m: table.of(m, category_probs) for m in models}
+
+
+def memory_success(
+    memory: OutcomeMemory,
+    vector: Sequence[float] | np.ndarray,
+    models: Sequence[str],
+    k: int,
+    category: str | None,
+) -> dict[str, float]:
+    """The memory's kNN P(success) of each model on the query embedded as `vector` (the
+    routing vector classify made), with `category` the run's confident category (None:
+    the overall prior), as `predict` would ask it. Callers that must agree to the last bit
+    (the graph and the training traces) ask for the same `models`: the sums over
+    neighbours are ordered by how many models are asked."""
+    if not models:
+        return {}
+    predictions = memory.predict(
+        np.asarray(vector, dtype=np.float32), list(models), k=k, category=category
+    )
+    return {m: float(predictions[m].p_success) for m in models}

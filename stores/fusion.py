@@ -4,8 +4,13 @@ memory as ``fusion.json``.
 
 A vote is weighed by its model's reliability on the query's kind (its training accuracy
 by category, mixed by the classifier's probabilities, shrunk toward its overall accuracy by
-`smoothing` pseudo-counts). The calibrator turns the fused posterior and the agreement
-pattern (`FEATURES`) into P(the fused answer is right): a logistic regression.
+`smoothing` pseudo-counts). The calibrator turns the fused posterior, the agreement
+pattern and the outcome memory's per-query view of the answering models (`FEATURES`) into
+P(the fused answer is right): a logistic regression.
+
+Format 2 added the memory features (`MEMORY_FEATURES`). A calibrator saved on fewer features
+(format 1) loads as the same calibrator with a zero weight on each feature it lacks: its
+confidences are what they were.
 """
 
 from __future__ import annotations
@@ -20,8 +25,15 @@ from typing import Any
 from emafusion.stores.atomic import write_json_atomic
 
 FUSION_JSON = "fusion.json"
-FORMAT_VERSION = 1
-FEATURES = ("log_odds", "votes", "answered", "groups", "top_reliability", "stage")
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+AGREEMENT_FEATURES = ("log_odds", "votes", "answered", "groups", "top_reliability", "stage")
+# The outcome memory's kNN P(success) on this very query (`policy.fuse` says how they are
+# made of the attempts' `memory_p`).
+MEMORY_FEATURES = ("memory_p", "memory_log_odds")
+FEATURES = (*AGREEMENT_FEATURES, *MEMORY_FEATURES)
+# What a format-1 file without a feature list was fitted on.
+_FORMAT_1_FEATURES = AGREEMENT_FEATURES
 
 
 class FusionError(ValueError):
@@ -82,16 +94,34 @@ def load_fusion(directory: Path | str) -> FusionModel | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FusionError(f"{path}: unreadable ({exc}). {fix}") from exc
-    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-        raise FusionError(f"{path}: not a fusion model of format {FORMAT_VERSION}. {fix}")
-    if data.get("features", list(FEATURES)) != list(FEATURES):
-        raise FusionError(f"{path}: fitted on features {data.get('features')}. {fix}")
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or version not in READABLE_VERSIONS:
+        raise FusionError(
+            f"{path}: not a fusion model of format {' or '.join(map(str, READABLE_VERSIONS))} "
+            f"(format_version {version!r}). {fix}"
+        )
+    default = list(_FORMAT_1_FEATURES if version == 1 else FEATURES)
+    names = data.get("features", default)
+    if (
+        not isinstance(names, list)
+        or len(set(map(str, names))) != len(names)
+        or not set(map(str, names)) <= set(FEATURES)
+    ):
+        raise FusionError(
+            f"{path}: fitted on features {names!r}; this version reads a subset of "
+            f"{list(FEATURES)}. {fix}"
+        )
     try:
+        coef = [float(c) for c in data["coef"]]
+        if coef and len(coef) != len(names):
+            raise ValueError(f"{len(coef)} coefficients for {len(names)} features")
+        weights = dict(zip(names, coef, strict=True)) if coef else {}
         return FusionModel(
             smoothing=float(data["smoothing"]),
             open_options=int(data["open_options"]),
             semantic_threshold=float(data["semantic_threshold"]),
-            coef=tuple(float(c) for c in data["coef"]),
+            # A feature the file was not fitted on weighs nothing: the same confidences.
+            coef=tuple(weights.get(f, 0.0) for f in FEATURES) if weights else (),
             intercept=float(data["intercept"]),
             info=dict(data.get("info", {})),
         )

@@ -19,9 +19,16 @@ from emafusion.graph.state import CascadeView
 from emafusion.nodes import policy
 from emafusion.nodes.policy import PolicySettings, StageSummary
 from emafusion.nodes.resources import RouterResources
-from emafusion.stores.fusion import FEATURES, FusionModel
+from emafusion.stores.fusion import AGREEMENT_FEATURES, FEATURES, FusionModel
 from emafusion.train.combiner import fit_logistic
-from emafusion.train.fusion_traces import Plan, QuerySignals, plan_views
+from emafusion.train.fusion_traces import Plan, QuerySignals, fold_of, plan_views
+
+# Folds (over queries) of the cross-validation that picks the calibrator's features.
+FEATURE_FOLDS = 5
+# The feature sets the calibrator may use: the agreement pattern alone, or with the memory's
+# per-query estimates. Cross-validated on train; where the memory features do not lower the
+# held-out log loss they get no weight (the agreement calibrator, exactly).
+FEATURE_SETS = {"agreement": AGREEMENT_FEATURES, "agreement + memory": FEATURES}
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,13 @@ def threshold_grid(confidences: np.ndarray, most: int = 60) -> list[float | None
 
 def calibration_rows(traces: PlanTraces) -> tuple[np.ndarray, np.ndarray]:
     """(features, right) of the fused answer at every stage of every query."""
-    x, y = [], []
+    x, y, _ = _rows(traces)
+    return x, y
+
+
+def _rows(traces: PlanTraces) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`calibration_rows` and each row's query fold."""
+    x, y, folds = [], [], []
     for sig, views in zip(traces.signals, traces.views, strict=True):
         for view in views:
             fused = policy.fuse(view, traces.model)
@@ -123,19 +136,53 @@ def calibration_rows(traces: PlanTraces) -> tuple[np.ndarray, np.ndarray]:
                 continue
             x.append(fused.features)
             y.append(sig.score(view["attempts"][fused.chosen]["model"]) >= 0.5)
-    return np.asarray(x, dtype=np.float64).reshape(-1, len(FEATURES)), np.asarray(y, bool)
+            folds.append(fold_of(sig.record.id, FEATURE_FOLDS))
+    return (
+        np.asarray(x, dtype=np.float64).reshape(-1, len(FEATURES)),
+        np.asarray(y, bool),
+        np.asarray(folds, dtype=np.int64),
+    )
+
+
+def _held_out_log_loss(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> float:
+    """Mean log loss of each fold's rows under the logistic fitted on the other folds."""
+    loss = 0.0
+    for f in range(FEATURE_FOLDS):
+        held = folds == f
+        if not held.any() or y[~held].all() or not y[~held].any():
+            continue
+        coef, intercept = fit_logistic(x[~held], y[~held], l2)
+        z = x[held] @ coef + intercept
+        # log(1 + e^-z) for the right answers, log(1 + e^z) for the wrong ones.
+        loss += float(np.logaddexp(0.0, np.where(y[held], -z, z)).sum())
+    return loss / len(y)
 
 
 def fit_calibrator(traces: PlanTraces, l2: float = 1.0) -> FusionModel:
-    """P(the fused answer is right | vote and agreement pattern), logistic, on these traces
-    (cross-fitted train)."""
-    x, y = calibration_rows(traces)
+    """P(the fused answer is right | vote, agreement pattern and memory estimates), logistic,
+    on these traces (cross-fitted train). Its features are chosen by cross-validation over
+    the same rows (`FEATURE_SETS`, lower held-out log loss; ties: fewer features); a feature
+    left out weighs zero."""
+    x, y, folds = _rows(traces)
     if len(y) < 50 or y.all() or not y.any():
         return traces.model
-    coef, intercept = fit_logistic(x, y, l2)
-    if not (np.isfinite(coef).all() and math.isfinite(intercept)):
+    losses = {}
+    for name, names in FEATURE_SETS.items():
+        columns = [FEATURES.index(f) for f in names]
+        losses[name] = _held_out_log_loss(x[:, columns], y, folds, l2)
+    chosen = min(FEATURE_SETS, key=lambda n: (losses[n], len(FEATURE_SETS[n])))
+    columns = [FEATURES.index(f) for f in FEATURE_SETS[chosen]]
+    fitted, intercept = fit_logistic(x[:, columns], y, l2)
+    if not (np.isfinite(fitted).all() and math.isfinite(intercept)):
         return traces.model
-    info = {"rows": int(len(y)), "right": float(y.mean())}
+    coef = np.zeros(len(FEATURES))
+    coef[columns] = fitted
+    info = {
+        "rows": int(len(y)),
+        "right": float(y.mean()),
+        "features": chosen,
+        "held_out_log_loss": {n: round(v, 6) for n, v in losses.items()},
+    }
     return replace(
         traces.model,
         coef=tuple(float(c) for c in coef),

@@ -1,11 +1,13 @@
 """Fusion traces without running the graph: each query's signals (the classifier's
-category probabilities, every model's recorded answer, its key, cost and reliability),
-and the `CascadeView`s the graph would record for a fixed plan, built with the very
-functions the graph's nodes call (`category_options`, `fixed_plan`, `answer_key`,
-`reliabilities`, `policy.view_of`). The replay-equals-graph test holds them to it.
+category probabilities, every model's recorded answer, its key, cost, reliability and the
+memory's kNN P(success) of it on this query), and the `CascadeView`s the graph would record
+for a fixed plan, built with the very functions the graph's nodes call (`category_options`,
+`fixed_plan`, `answer_key`, `reliabilities`, `memory_success`, `policy.view_of`). The
+replay-equals-graph tests hold them to it.
 
 For train queries the signals are cross-fitted: a query's category probabilities come
-from a classifier and its models' reliabilities from outcome counts that never saw it.
+from a classifier that never saw it, and its memory predictions leave it out of the memory
+(`loo_memory_success`: exactly what a memory without it would predict).
 """
 
 from __future__ import annotations
@@ -20,9 +22,15 @@ from emafusion.nodes import policy
 from emafusion.nodes.classify import category_options
 from emafusion.nodes.invoke_model import new_attempt
 from emafusion.nodes.planning import fixed_plan
-from emafusion.nodes.reliability import ReliabilityTable, reliabilities, table_from_counts
+from emafusion.nodes.reliability import (
+    ReliabilityTable,
+    memory_success,
+    reliabilities,
+    table_from_counts,
+)
 from emafusion.nodes.resources import RouterResources
 from emafusion.stores.answers import answer_key, option_count
+from emafusion.stores.memory import OutcomeMemory
 from emafusion.stores.providers import recorded_call_cost
 from emafusion.stores.recordings import Record, routing_text
 from emafusion.stores.taxonomy import CategoryClassifier
@@ -40,6 +48,9 @@ class QuerySignals:
     keys: dict[str, str | None]
     costs: dict[str, float]
     table: ReliabilityTable
+    # The memory's kNN P(success) of each recorded model on this query (leave-one-out
+    # for a query the memory holds).
+    memory: dict[str, float]
 
     def score(self, model: str | None) -> float:
         outcome = self.record.outcomes.get(model) if model else None
@@ -53,9 +64,17 @@ def query_signals(
     classifiers: Sequence[CategoryClassifier] | CategoryClassifier,
     tables: Sequence[ReliabilityTable] | ReliabilityTable,
     folds: Sequence[int] | None = None,
+    *,
+    taxonomy_threshold: float,
+    k: int,
+    leave_out: bool = False,
 ) -> list[QuerySignals]:
     """Signals of `records` (their routing-text `vectors` in order). With `folds`, query i
-    uses classifier and table number folds[i] (cross-fitting); else the one given."""
+    uses classifier and table number folds[i] (cross-fitting); else the one given.
+
+    The memory predictions are asked as the graph asks them: `k` neighbours, the category
+    when its probability reaches `taxonomy_threshold`. `leave_out`: records the memory holds
+    are predicted leave-one-out (train queries; a test query is not in the memory)."""
     out = []
     names = resources.pool.names
     for i, record in enumerate(records):
@@ -86,8 +105,88 @@ def query_signals(
                 keys,
                 costs,
                 table,
+                {},
             )
         )
+    # The category the graph's classify passes on (None: not confident), per query.
+    asked = [s.top if s.top_p >= taxonomy_threshold else None for s in out]
+    if leave_out:
+        predicted = loo_memory_success(
+            resources.memory, vectors, [r.id for r in records], names, k, asked
+        )
+    else:
+        predicted = [
+            memory_success(resources.memory, vectors[i], names, k, asked[i])
+            for i in range(len(records))
+        ]
+    for signals, memory in zip(out, predicted, strict=True):
+        signals.memory.update({m: p for m, p in memory.items() if m in signals.keys})
+    return out
+
+
+def loo_memory_success(
+    memory: OutcomeMemory,
+    vectors: np.ndarray,
+    query_ids: Sequence[str],
+    models: Sequence[str],
+    k: int,
+    categories: Sequence[str | None],
+) -> list[dict[str, float]]:
+    """`memory_success` of each query as a memory without it would give it: its own row is
+    left out of the neighbours (the memory's `exclude_ids`) and its own outcomes out of the
+    overall and category priors the estimate shrinks toward. Queries the memory does not
+    hold get the plain prediction.
+
+    p = (sum_i w_i s_i + m prior) / (n_eff + m), so leaving the query out of the prior
+    moves p by m (prior' - prior) / (n_eff + m)."""
+    settings = memory.settings
+    if settings.judged_weight > 0:
+        raise ValueError(
+            "leave-one-out memory predictions need judged_weight 0 (judged outcomes would "
+            "enter the priors); fit on a memory of ground-truth outcomes"
+        )
+    names = list(models)
+    if not len(query_ids):
+        return []
+    batch = memory.predict_arrays(vectors, names, k, list(categories), exclude_ids=list(query_ids))
+    shrinkage = settings.shrinkage
+    overall = memory.model_stats(None)
+    known = set(memory.categories)
+    by_category = {c: memory.model_stats(c) for c in set(categories) if c in known}
+
+    def default(model: str) -> float:
+        return float(settings.model_priors.get(model, settings.default_prior))
+
+    out = []
+    for b, query_id in enumerate(query_ids):
+        p = {m: float(batch.p_success[b, j]) for j, m in enumerate(names)}
+        stored = memory.get(query_id)
+        category = categories[b]
+        for j, model in enumerate(names):
+            own = stored.ground_truth.get(model) if stored is not None else None
+            if stored is None or own is None:
+                continue
+            whole = overall.get(model)
+            count = (whole.count if whole else 0) - 1
+            base = (
+                (whole.mean_score * whole.count - own.score) / count
+                if whole is not None and count > 0
+                else default(model)
+            )
+            prior = base
+            if category is not None and category in by_category:
+                stats = by_category[category].get(model)
+                n = stats.count if stats else 0
+                total = stats.mean_score * stats.count if stats else 0.0
+                if stored.category == category:
+                    n, total = n - 1, total - own.score
+                if n >= settings.min_category_count and n > 0:
+                    prior = total / n
+            n_eff = float(batch.n_eff[b, j])
+            shift = shrinkage * (prior - float(batch.prior[b, j]))
+            value = p[model] + shift / (n_eff + shrinkage) if n_eff + shrinkage > 0 else prior
+            p[model] = min(1.0, max(0.0, value))
+        out.append(p)
     return out
 
 
@@ -130,6 +229,7 @@ def plan_views(
                     cost_usd=signals.costs[model],
                     answer_key=signals.keys[model],
                     reliability=trust[model],
+                    memory_p=signals.memory[model],
                 )
             )
         upcoming = by_stage.get(stage + 1, [])

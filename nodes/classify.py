@@ -56,20 +56,21 @@ async def llm_category_probs(
 def category_accuracy(resources: RouterResources, category: str | None) -> dict[str, float]:
     """Each model's accuracy in `category`, shrunk toward its accuracy overall by the
     memory's prior pseudo-count (a model with two outcomes there is not 100% or 0% there),
-    and overall, shrunk toward the default prior, where it has no outcome in `category`."""
+    and overall, shrunk toward the default prior, where it has no outcome in `category`;
+    plus the model's drift offset."""
     memory = resources.memory.settings
     m = memory.shrinkage
     overall = {
         name: (s.count_weighted * s.mean_score + m * memory.default_prior) / (s.count_weighted + m)
         for name, s in resources.model_stats(None).items()
     }
-    if category is None:
-        return overall
     out = dict(overall)
-    for name, s in resources.model_stats(category).items():
-        base = overall.get(name, memory.default_prior)
-        out[name] = (s.count_weighted * s.mean_score + m * base) / (s.count_weighted + m)
-    return out
+    if category is not None:
+        for name, s in resources.model_stats(category).items():
+            base = overall.get(name, memory.default_prior)
+            out[name] = (s.count_weighted * s.mean_score + m * base) / (s.count_weighted + m)
+    # Long records average over the past: what live feedback says lately moves them (drift).
+    return {name: min(1.0, max(0.0, p + resources.drift.offset(name))) for name, p in out.items()}
 
 
 def category_options(

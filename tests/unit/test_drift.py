@@ -63,3 +63,17 @@ async def test_failing_feedback_lowers_that_models_predictions(
         assert resources.drift.offset(model) < -0.1
     unused = [m for m in resources.pool.names if m not in answered_by]
     assert all(resources.drift.offset(m) == 0.0 for m in unused)
+
+
+def test_the_taxonomy_view_of_a_model_moves_with_its_offset(
+    synthetic_records: RecordSet,
+) -> None:
+    from emafusion.nodes.classify import category_accuracy
+
+    resources = synthetic.make_resources(synthetic_records)
+    before = category_accuracy(resources, "history")
+    for _ in range(100):
+        resources.drift.observe("mid", 0.0, 0.75)
+    after = category_accuracy(resources, "history")
+    assert after["mid"] < before["mid"] - 0.2
+    assert all(after[m] == before[m] for m in before if m != "mid")

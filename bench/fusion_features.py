@@ -23,28 +23,17 @@ from emafusion.cli.main import build_parser
 from emafusion.cli.sources import load_records, pool_for, taxonomy_for
 from emafusion.evals.baselines import complete
 from emafusion.evals.experiment import FOLDS, TAXONOMY_THRESHOLD, Evaluation
-from emafusion.nodes import policy
 from emafusion.nodes.policy import PolicySettings
 from emafusion.stores.embeddings import default_embedder
 from emafusion.stores.fusion import AGREEMENT_FEATURES, FEATURES, FusionModel
 from emafusion.stores.metrics import auroc
 from emafusion.train.combiner import fit_logistic
-from emafusion.train.fusion import PlanTraces
-from emafusion.train.fusion_traces import fold_of
+from emafusion.train.fusion import PlanTraces, calibration_rows_by_query
 
 
 def rows(traces: PlanTraces) -> tuple[np.ndarray, np.ndarray, list[int], list[str]]:
-    x, y, folds, categories = [], [], [], []
-    for sig, views in zip(traces.signals, traces.views, strict=True):
-        for view in views:
-            fused = policy.fuse(view, traces.model)
-            if fused is None:
-                continue
-            x.append(fused.features)
-            y.append(sig.score(view["attempts"][fused.chosen]["model"]) >= 0.5)
-            folds.append(fold_of(sig.record.id, FOLDS))
-            categories.append(sig.record.category)
-    return np.asarray(x), np.asarray(y, bool), folds, categories
+    x, y, folds, categories = calibration_rows_by_query(traces, FOLDS)
+    return x, y, folds.tolist(), categories
 
 
 def cross_validated(x: np.ndarray, y: np.ndarray, folds: list[int]) -> np.ndarray:

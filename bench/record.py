@@ -45,6 +45,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tables import markdown  # bench/tables.py: the scripts run from bench/
+
 from emafusion.graph import Context, make_graph  # noqa: E402
 from emafusion.stores.memory import MemorySettings, OutcomeMemory, OutcomeRecord  # noqa: E402
 from emafusion.stores.record_writer import RecordWriter  # noqa: E402
@@ -234,12 +236,6 @@ def bench_ainvoke(root: Path, calls: int) -> list[list[str]]:
                 ]
             )
     return rows
-
-
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -33,6 +33,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tables import markdown  # bench/tables.py: the scripts run from bench/
+
 from emafusion.stores.artifacts import ROUTER_MANIFEST
 
 BIN = Path(sys.executable).parent
@@ -131,12 +133,6 @@ def bench_ask(router_dir: Path, record_id: str, cache_dir: Path, repeats: int) -
         ["cache off (as before)", " / ".join(f"{t:.2f}" for t in before), f"{b:.2f}", "1.0x"],
         ["cache on (warm)", " / ".join(f"{t:.2f}" for t in after), f"{a:.2f}", f"{b / a:.1f}x"],
     ]
-
-
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -122,13 +122,15 @@ def threshold_grid(confidences: np.ndarray, most: int = 60) -> list[float | None
 
 def calibration_rows(traces: PlanTraces) -> tuple[np.ndarray, np.ndarray]:
     """(features, right) of the fused answer at every stage of every query."""
-    x, y, _ = _rows(traces)
+    x, y, _, _ = calibration_rows_by_query(traces)
     return x, y
 
 
-def _rows(traces: PlanTraces) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`calibration_rows` and each row's query fold."""
-    x, y, folds = [], [], []
+def calibration_rows_by_query(
+    traces: PlanTraces, n_folds: int = FEATURE_FOLDS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """`calibration_rows`, each row's query fold (of `n_folds`) and its query's category."""
+    x, y, folds, categories = [], [], [], []
     for sig, views in zip(traces.signals, traces.views, strict=True):
         for view in views:
             fused = policy.fuse(view, traces.model)
@@ -136,11 +138,13 @@ def _rows(traces: PlanTraces) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 continue
             x.append(fused.features)
             y.append(sig.score(view["attempts"][fused.chosen]["model"]) >= 0.5)
-            folds.append(fold_of(sig.record.id, FEATURE_FOLDS))
+            folds.append(fold_of(sig.record.id, n_folds))
+            categories.append(sig.record.category)
     return (
         np.asarray(x, dtype=np.float64).reshape(-1, len(FEATURES)),
         np.asarray(y, bool),
         np.asarray(folds, dtype=np.int64),
+        categories,
     )
 
 
@@ -163,7 +167,7 @@ def fit_calibrator(traces: PlanTraces, l2: float = 1.0) -> FusionModel:
     on these traces (cross-fitted train). Its features are chosen by cross-validation over
     the same rows (`FEATURE_SETS`, lower held-out log loss; ties: fewer features); a feature
     left out weighs zero."""
-    x, y, folds = _rows(traces)
+    x, y, folds, _ = calibration_rows_by_query(traces)
     if len(y) < 50 or y.all() or not y.any():
         return traces.model
     losses = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from emafusion.cli.main import main
-from emafusion.evals.stream import StreamSettings, replay, run_scenario, stream_order
+from emafusion.evals.stream import StreamRun, StreamSettings, replay, run_scenario, stream_order
 from emafusion.evals.stream_report import markdown, summary
 from emafusion.evals.stream_worlds import degrade, serve_degraded
 from emafusion.graph import Context, make_graph
@@ -19,6 +19,16 @@ from emafusion.nodes.resources import RouterResources
 from emafusion.stores.embeddings import HashEmbedder
 from emafusion.stores.recordings import RecordSet
 from tests import synthetic
+
+
+async def _synthetic_run(records: RecordSet, settings: StreamSettings) -> StreamRun:
+    return await run_scenario(
+        lambda: synthetic.make_resources(records),
+        records,
+        synthetic.make_pool(),
+        settings,
+        log=lambda _: None,
+    )
 
 
 def test_the_order_is_fixed_by_the_seed_and_never_holds_train(
@@ -107,13 +117,7 @@ async def test_a_drift_scenario_compares_both_runs_on_one_stream(
     synthetic_records: RecordSet,
 ) -> None:
     settings = StreamSettings(scenario="drift", feedback=0.5, window=40, drift_model="large")
-    run = await run_scenario(
-        lambda: synthetic.make_resources(synthetic_records),
-        synthetic_records,
-        synthetic.make_pool(),
-        settings,
-        log=lambda _: None,
-    )
+    run = await _synthetic_run(synthetic_records, settings)
     assert run.static_memory_unchanged
     assert run.memory_after > run.memory_before
     assert [s.record_id for s in run.static] == [s.record_id for s in run.learning]
@@ -157,13 +161,7 @@ def test_the_command_writes_table_json_and_plot(
 
 async def test_a_new_model_joins_at_t_with_no_history(synthetic_records: RecordSet) -> None:
     settings = StreamSettings(scenario="new-model", window=40, feedback=0.5)
-    run = await run_scenario(
-        lambda: synthetic.make_resources(synthetic_records),
-        synthetic_records,
-        synthetic.make_pool(),
-        settings,
-        log=lambda _: None,
-    )
+    run = await _synthetic_run(synthetic_records, settings)
     assert run.new_model == "large"  # the most accurate on train
     t = run.drift_at
     assert t == len(run.stream) // 3
@@ -184,13 +182,7 @@ async def test_cold_starts_from_an_empty_memory_and_learns_from_feedback(
     synthetic_records: RecordSet,
 ) -> None:
     settings = StreamSettings(scenario="cold", window=40, feedback=1.0)
-    run = await run_scenario(
-        lambda: synthetic.make_resources(synthetic_records),
-        synthetic_records,
-        synthetic.make_pool(),
-        settings,
-        log=lambda _: None,
-    )
+    run = await _synthetic_run(synthetic_records, settings)
     assert run.memory_before == 0 and run.memory_after > 0
     assert run.static_memory_unchanged
     assert run.reference is not None and len(run.reference) == len(run.stream)
@@ -216,7 +208,9 @@ async def test_an_unseen_category_is_withheld_from_memory_and_classifier(
         made.append(synthetic.make_resources(synthetic_records))
         return made[-1]
 
-    run = await run_scenario(make, synthetic_records, synthetic.make_pool(), settings, log=print)
+    run = await run_scenario(
+        make, synthetic_records, synthetic.make_pool(), settings, log=lambda _: None
+    )
     static = made[0]
     assert "history" not in static.classifier.categories
     assert all(

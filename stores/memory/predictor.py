@@ -105,7 +105,7 @@ def _predict_block(
 ) -> BatchPrediction:
     settings = est.settings
     with est.lock:
-        rows, sims = _search(est, queries, k, exclude_ids)
+        rows, sims = _search(est, queries, k, exclude_ids, _uncounted_rows(est))
         cols = np.array([est.col_of.get(m, -1) for m in models], dtype=np.intp)
         scores, costs, stamps, judged = _gather(est, rows, cols)
         prior, prior_source, mean_cost = _priors(est, models, cols, categories)
@@ -167,8 +167,21 @@ def _predict_block(
     )
 
 
+def _uncounted_rows(est: Estimator) -> np.ndarray | None:
+    """Rows holding only judged outcomes while judged ones count for nothing: they would
+    take neighbour slots from rows with evidence, so the search skips them. None: none."""
+    if not est.judged_active or est.settings.judged_weight > 0 or est.truth.score.size == 0:
+        return None
+    uncounted = np.isnan(est.truth.score[: est.n]).all(axis=1)
+    return uncounted if uncounted.any() else None
+
+
 def _search(
-    est: Estimator, queries: np.ndarray, k: int, exclude_ids: list[str | None]
+    est: Estimator,
+    queries: np.ndarray,
+    k: int,
+    exclude_ids: list[str | None],
+    uncounted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     n_queries = len(queries)
     excluded_rows = np.array(
@@ -176,6 +189,8 @@ def _search(
         dtype=np.int64,
     )
     extra = 1 if (excluded_rows >= 0).any() else 0
+    if uncounted is not None:
+        extra += int(uncounted.sum())
     wanted = min(k + extra, est.n)
     if wanted == 0:
         return np.full((n_queries, k), -1, dtype=np.int64), np.zeros((n_queries, k))
@@ -183,6 +198,13 @@ def _search(
         est.index.hnsw.efSearch = max(est.settings.hnsw_ef_search, wanted)
     sims, rows = est.index.search(queries, wanted)
     rows = rows.astype(np.int64)
+    if uncounted is not None:
+        # Skipped rows sort last (order otherwise kept); the k best counted rows remain.
+        skip = (rows >= 0) & uncounted[np.where(rows >= 0, rows, 0)]
+        order = np.argsort(skip, axis=1, kind="stable")
+        rows = np.take_along_axis(rows, order, axis=1)
+        sims = np.take_along_axis(sims, order, axis=1)
+        rows[np.take_along_axis(skip, order, axis=1)] = -1
     if extra:
         # Drop the excluded row, then keep the k best of what is left (order preserved).
         hit = rows == excluded_rows[:, None]

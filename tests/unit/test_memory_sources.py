@@ -103,8 +103,9 @@ def test_judged_weight_zero_leaves_predictions_unmoved() -> None:
             assert getattr(after, name) == getattr(before, name), name
         assert after.n_eff == before.n_eff
         assert after.evidence.query_ids == before.evidence.query_ids  # judged ones weigh 0
-        assert (after.truth_count, after.judged_count) == (2, 3)
-        assert after.n_judged > 0
+        # Counting for nothing, judged-only queries are not neighbours at all.
+        assert (after.truth_count, after.judged_count) == (2, 0)
+        assert after.n_judged == 0
         assert judged.model_stats(category)["a"].mean_score == 1.0
         assert judged.model_stats(category)["a"].judged_count == 3
 
@@ -269,3 +270,20 @@ def _write_format_1(
         "embedder_id": EMBEDDER,
     }
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_judged_only_rows_never_take_a_neighbour_slot_when_they_count_for_nothing() -> None:
+    rng = np.random.default_rng(3)
+    mem = OutcomeMemory(DIM, EMBEDDER, MemorySettings(k=4))
+    probe = unit(rng.normal(size=DIM))
+    for i in range(12):
+        vector = unit(probe + 0.3 * rng.normal(size=DIM))
+        mem.add(f"truth/{i}", vector, [rec("a", float(i % 2))])
+    before = mem.predict(probe, ["a"])["a"]
+    for i in range(8):  # closer to the probe than any stored query, judged only
+        vector = unit(probe + 0.01 * rng.normal(size=DIM))
+        mem.add(f"live/{i}", vector, [rec("a", 1.0, source="live_judged")])
+    after = mem.predict(probe, ["a"])["a"]
+    assert after.evidence.query_ids == before.evidence.query_ids
+    assert len(after.evidence.query_ids) == 4
+    assert after.p_success == before.p_success

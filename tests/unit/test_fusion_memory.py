@@ -337,7 +337,9 @@ def _calibrate_on(monkeypatch: pytest.MonkeyPatch, informative: bool, n: int = 3
     signal = x[:, 0] + (2.0 * x[:, MEMORY_P] if informative else 0.0)
     y = rng.random(n) < 1 / (1 + np.exp(-signal))
     folds = rng.integers(0, fusion.FEATURE_FOLDS, size=n)
-    monkeypatch.setattr(fusion, "_rows", lambda traces: (x, y, folds))
+    monkeypatch.setattr(
+        fusion, "calibration_rows_by_query", lambda traces, n_folds=0: (x, y, folds, [])
+    )
     return fusion.fit_calibrator(SimpleNamespace(model=FusionModel()))  # type: ignore[arg-type]
 
 

@@ -268,6 +268,9 @@ async def run_scenario(
     degraded_ids: set[str] = set()
     newcomer: str | None = None
     scored = stream
+    withheld: str | None = None
+    if settings.scenario == "unseen-category":
+        withheld = settings.category or largest_category(stream)
     log(f"[static] {len(stream):,} queries, recording off")
     if settings.scenario == "drift":
         drift_at = settings.drift_at if settings.drift_at is not None else len(stream) // 3
@@ -296,11 +299,9 @@ async def run_scenario(
             static_res, stream, drift_at, full, static_ctx, **common, log=log
         )
     else:
-        withheld: str | None = None
         if settings.scenario == "cold":
             emptied(static_res)
         elif settings.scenario == "unseen-category":
-            withheld = settings.category or largest_category(stream)
             if withheld not in {r.category for r in stream}:
                 raise ValueError(f"category {withheld!r} is not in the stream")
             log(f"[unseen-category] {withheld} withheld from train (memory and classifier)")
@@ -313,7 +314,8 @@ async def run_scenario(
     if settings.scenario == "cold":
         emptied(learning_res)
     elif settings.scenario == "unseen-category":
-        withhold_category(learning_res, records, settings.category or largest_category(stream))
+        assert withheld is not None
+        withhold_category(learning_res, records, withheld)
     if model is not None:
         serve_degraded(learning_res, model, scored)
     before = len(learning_res.memory)
@@ -353,9 +355,7 @@ async def run_scenario(
         static_memory_unchanged=unchanged,
         new_model=newcomer,
         reference=reference,
-        withheld=settings.category or largest_category(stream)
-        if settings.scenario == "unseen-category"
-        else None,
+        withheld=withheld,
     )
 
 

@@ -74,13 +74,18 @@ def category_accuracy(resources: RouterResources, category: str | None) -> dict[
 
 
 def category_options(
-    resources: RouterResources, category: str | None, query: str, models: list[str]
+    resources: RouterResources,
+    category: str | None,
+    query: str,
+    models: list[str],
+    accuracy: dict[str, float] | None = None,
 ) -> dict[str, Candidate]:
     """Each model as a candidate by its record in `category` (else overall; else the
     memory's default prior)."""
     stats = resources.model_stats(category) if category else {}
     overall = resources.model_stats(None)
-    accuracy = category_accuracy(resources, category)
+    if accuracy is None:
+        accuracy = category_accuracy(resources, category)
     options = {}
     for model in models:
         spec = resources.spec(model)
@@ -104,7 +109,7 @@ def suitable_options(
         return []
     accuracy = category_accuracy(resources, category)
     best = max(accuracy[m] for m in in_pool)
-    options = category_options(resources, category, query, in_pool)
+    options = category_options(resources, category, query, in_pool, accuracy)
     return [options[m] for m in in_pool if accuracy[m] >= best - context.suitability_margin]
 
 

@@ -121,8 +121,10 @@ async def predict(
     )
     novel = resources.novelty is not None and resources.novelty.is_novel(top_similarity)
     explored = None
-    conservative = strongest_plan(resources, context, options, more_options) if novel else None
-    if conservative is not None and context.novel_queries == "strongest":
+    conservative = None
+    if novel and context.novel_queries == "strongest":
+        conservative = strongest_plan(resources, context, options, more_options)
+    if conservative is not None:
         candidates, options = conservative
     else:
         candidates, options, explored = explore(

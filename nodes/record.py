@@ -43,17 +43,18 @@ async def record(
     category = state.get("category")
     attempts = state.get("attempts", [])
     answered = [a for a in attempts if a["status"] == "answered"]
+    answered_models = tuple(a["model"] for a in answered)
     entry = RunEntry(
         run_id=state.get("run_id", ""),
         query_id=query_id,
         vector=tuple(float(x) for x in state["query_vector"]),
         category=category,
         model=state.get("model"),
-        models=tuple(a["model"] for a in answered),
+        models=answered_models,
         predicted=tuple(
             (c["model"], c["p_success"], resources.drift.offset(c["model"]))
             for c in state.get("options", [])
-            if c["model"] in {a["model"] for a in answered} and c["source"] in ("memory", "prior")
+            if c["model"] in answered_models and c["source"] in ("memory", "prior")
         ),
     )
     outcomes = [

@@ -59,11 +59,6 @@ class RecentResiduals:
                 return 0.0
             return sums.residual / (sums.weight + self.pseudo_count)
 
-    def offsets(self) -> dict[str, float]:
-        with self._lock:
-            names = list(self._sums)
-        return {m: self.offset(m) for m in names}
-
     @classmethod
     def from_json(cls, data: object) -> RecentResiduals:
         if isinstance(data, Mapping):

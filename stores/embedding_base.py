@@ -171,3 +171,42 @@ def force_offline() -> None:
     # The weights ship inside the package; any hub lookup would be a bug (and hangs offline).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class MiniLMBase:
+    """What every path to the shipped MiniLM shares: its model files, the truncation
+    settings and counters, and the id's prefix (the weights' fingerprint and length)."""
+
+    def __init__(
+        self, max_seq_length: int, truncation: Truncation, model_path: str | Path | None
+    ) -> None:
+        check_minilm_settings(max_seq_length, truncation)
+        self.max_seq_length = max_seq_length
+        self.truncation: Truncation = truncation
+        self._model_path = Path(model_path) if model_path is not None else None
+        self._id: str | None = None
+        self._lock = threading.Lock()
+        self.truncated_count = 0
+        self.last_truncated: tuple[int, ...] = ()
+
+    @property
+    def model_path(self) -> Path:
+        if self._model_path is None:
+            self._model_path = bundled_minilm_path()
+        return self._model_path
+
+    def _id_with(self, runtime: str | None) -> str:
+        """``all-MiniLM-L6-v2@<weights>/max<n>[/<runtime>]``, computed once."""
+        if self._id is None:
+            fingerprint = model_fingerprint(self.model_path)[:16]
+            self._id = f"{MINILM_NAME}@{fingerprint}/max{self.max_seq_length}"
+            if runtime:
+                self._id += f"/{runtime}"
+        return self._id
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        raise NotImplementedError
+
+    def overlong(self, texts: Sequence[str]) -> list[int]:
+        """Indices of the texts that `embed` would truncate."""
+        return [i for i, n in enumerate(self.count_tokens(texts)) if n > self.max_seq_length]

@@ -31,7 +31,6 @@ import hashlib
 import logging
 import os
 import re
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast, get_args
@@ -41,12 +40,10 @@ import numpy as np
 from emafusion.stores.embedding_base import (
     CACHE_DIR_ENV,
     MINILM_MAX_SEQ_LENGTH,
-    MINILM_NAME,
     Embedder,
+    MiniLMBase,
     TextTooLongError,
     Truncation,
-    bundled_minilm_path,
-    check_minilm_settings,
     check_texts,
     default_cache_dir,
     force_offline,
@@ -100,7 +97,7 @@ AUTO_ONNX_KIND: EmbedderKind = "onnx"
 # --------------------------------------------------------------------------------------------
 
 
-class MiniLMEmbedder:
+class MiniLMEmbedder(MiniLMBase):
     """all-MiniLM-L6-v2 (384-d) on CPU, loaded lazily from the bundled weights.
 
     Truncation is explicit. A text is over-long when its word pieces plus [CLS]/[SEP] exceed
@@ -125,31 +122,15 @@ class MiniLMEmbedder:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        check_minilm_settings(max_seq_length, truncation)
+        super().__init__(max_seq_length, truncation, model_path)
         self.batch_size = batch_size
-        self.max_seq_length = max_seq_length
-        self.truncation: Truncation = truncation
         self.device = device
-        self._model_path = Path(model_path) if model_path is not None else None
         self._model: SentenceTransformer | None = None
-        self._id: str | None = None
         self._dim: int | None = None
-        self._lock = threading.Lock()
-        self.truncated_count = 0
-        self.last_truncated: tuple[int, ...] = ()
-
-    @property
-    def model_path(self) -> Path:
-        if self._model_path is None:
-            self._model_path = bundled_minilm_path()
-        return self._model_path
 
     @property
     def id(self) -> str:
-        if self._id is None:
-            fingerprint = model_fingerprint(self.model_path)[:16]
-            self._id = f"{MINILM_NAME}@{fingerprint}/max{self.max_seq_length}"
-        return self._id
+        return self._id_with(None)
 
     @property
     def dim(self) -> int:
@@ -177,10 +158,6 @@ class MiniLMEmbedder:
         # verbose=False: counting long texts is the point, the length warning is noise.
         encoded = tokenizer(items, add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
-
-    def overlong(self, texts: Sequence[str]) -> list[int]:
-        """Indices of the texts that `embed` would truncate."""
-        return [i for i, n in enumerate(self.count_tokens(texts)) if n > self.max_seq_length]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         items = check_texts(texts)

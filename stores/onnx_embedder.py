@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,13 +29,10 @@ import numpy as np
 
 from emafusion.stores.embedding_base import (
     MINILM_MAX_SEQ_LENGTH,
-    MINILM_NAME,
+    MiniLMBase,
     Truncation,
-    bundled_minilm_path,
-    check_minilm_settings,
     check_texts,
     default_cache_dir,
-    model_fingerprint,
     read_embedding_dim,
     too_long_error,
 )
@@ -109,9 +105,9 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class ShippedMiniLM:
-    """What the ONNX and static paths share: the shipped model's files, the cache dir they
-    build into, its tokenizer, the truncation settings and counters, and the id's prefix."""
+class ShippedMiniLM(MiniLMBase):
+    """What the ONNX and static paths add to `MiniLMBase`: the cache dir they build into and
+    the model's own tokenizer."""
 
     def __init__(
         self,
@@ -120,46 +116,19 @@ class ShippedMiniLM:
         model_path: str | Path | None,
         cache_dir: str | Path | None,
     ) -> None:
-        check_minilm_settings(max_seq_length, truncation)
-        self.max_seq_length = max_seq_length
-        self.truncation: Truncation = truncation
-        self._model_path = Path(model_path) if model_path is not None else None
+        super().__init__(max_seq_length, truncation, model_path)
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._tokenizer: Tokenizer | None = None
-        self._id: str | None = None
-        self._lock = threading.Lock()
-        self.truncated_count = 0
-        self.last_truncated: tuple[int, ...] = ()
-
-    @property
-    def model_path(self) -> Path:
-        if self._model_path is None:
-            self._model_path = bundled_minilm_path()
-        return self._model_path
 
     @property
     def cache_dir(self) -> Path:
         return self._cache_dir if self._cache_dir is not None else default_cache_dir()
-
-    def _id_with(self, runtime: str) -> str:
-        """``all-MiniLM-L6-v2@<weights>/max<n>/<runtime>``, computed once."""
-        if self._id is None:
-            fingerprint = model_fingerprint(self.model_path)[:16]
-            self._id = f"{MINILM_NAME}@{fingerprint}/max{self.max_seq_length}/{runtime}"
-        return self._id
 
     def _load_tokenizer(self) -> Tokenizer:
         with self._lock:
             if self._tokenizer is None:
                 self._tokenizer = load_tokenizer(self.model_path)
             return self._tokenizer
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        raise NotImplementedError
-
-    def overlong(self, texts: Sequence[str]) -> list[int]:
-        """Indices of the texts that `embed` would truncate."""
-        return [i for i, n in enumerate(self.count_tokens(texts)) if n > self.max_seq_length]
 
 
 class OnnxMiniLMEmbedder(ShippedMiniLM):

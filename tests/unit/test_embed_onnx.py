@@ -32,17 +32,8 @@ from emafusion.stores.onnx_export import (
     ensure_onnx_model,
     manifest_path,
 )
+from tests.unit.embed_texts import TEXTS
 
-TEXTS = [
-    "How do I bake sourdough bread at home?",
-    "What is a simple recipe for homemade sourdough?",
-    "The central bank raised interest rates by half a point.",
-    "",
-    "   padded with spaces   ",
-    "Résumé: naïve café ☕ — 東京 🚀",
-    "Which of the following is a prime number? A) 21 B) 27 C) 29 D) 33",
-    "routing " * 400,  # over-long: truncated to 256 word pieces
-]
 HEAVY = ("torch", "sentence_transformers", "transformers")
 
 

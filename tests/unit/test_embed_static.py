@@ -32,17 +32,7 @@ from emafusion.stores.onnx_embedder import OnnxMiniLMEmbedder
 from emafusion.stores.onnx_export import cached_model_problem, manifest_path
 from emafusion.stores.static_embedder import StaticMiniLMEmbedder
 from emafusion.stores.static_table import STATIC_RECIPE, reduce_table
-
-TEXTS = [
-    "How do I bake sourdough bread at home?",
-    "What is a simple recipe for homemade sourdough?",
-    "The central bank raised interest rates by half a point.",
-    "",
-    "   padded with spaces   ",
-    "Résumé: naïve café ☕ — 東京 🚀",
-    "Which of the following is a prime number? A) 21 B) 27 C) 29 D) 33",
-    "routing " * 400,  # over-long: truncated to 254 word pieces
-]
+from tests.unit.embed_texts import TEXTS
 
 
 @pytest.fixture(scope="session")

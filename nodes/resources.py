@@ -144,6 +144,12 @@ class RouterResources:
         models = dict(chat_models or {})
         for spec in pool.models:
             models.setdefault(spec.name, build_chat_model(spec, store))
+        try:
+            novelty = NoveltyRule.from_json(artifacts.info.get("novelty"))
+            drift = RecentResiduals.from_json(artifacts.info.get("drift"))
+        except ValueError as exc:
+            where = f"{router_dir}/" if router_dir is not None else ""
+            raise ArtifactsError(f"{where}{exc}") from None
         return cls(
             pool=pool,
             chat_models=models,
@@ -153,8 +159,8 @@ class RouterResources:
             taxonomy=taxonomy,
             records=records,
             router_dir=router_dir,
-            novelty=NoveltyRule.from_json(artifacts.info.get("novelty")),
-            drift=RecentResiduals.from_json(artifacts.info.get("drift")),
+            novelty=novelty,
+            drift=drift,
         )
 
 

@@ -61,13 +61,20 @@ class RecentResiduals:
 
     @classmethod
     def from_json(cls, data: object) -> RecentResiduals:
-        if isinstance(data, Mapping):
-            half_life = data.get("half_life")
-            if half_life is None:
-                return cls(half_life=math.inf)
-            if isinstance(half_life, int | float) and half_life > 0:
-                return cls(half_life=float(half_life))
-        return cls()
+        """The manifest's choice; routers built before it get `DEFAULT_HALF_LIFE`. A damaged
+        entry is an error, not a silent default."""
+        if data is None:
+            return cls()
+        half_life = data.get("half_life", 0) if isinstance(data, Mapping) else 0
+        if half_life is None:
+            return cls(half_life=math.inf)
+        if isinstance(half_life, int | float) and not isinstance(half_life, bool) and half_life > 0:
+            return cls(half_life=float(half_life))
+        raise ValueError(
+            f"ROUTER.json: 'drift' must hold a half_life > 0 (or null: no decay), got "
+            f"{data!r}. Fix: rebuild the router into an empty directory "
+            f"(`emafusion memory build --out DIR`)."
+        )
 
 
 def _prequential_error(residuals: np.ndarray, half_life: float) -> float:

@@ -41,13 +41,28 @@ class NoveltyRule:
 
     @classmethod
     def from_json(cls, data: object) -> NoveltyRule | None:
-        """The rule in a manifest, or None where there is none (older routers)."""
-        if not isinstance(data, dict):
+        """The rule in a manifest, or None where there is none (older routers). A damaged
+        one is an error: routing by a half-read rule would be silently wrong."""
+        if data is None:
             return None
-        try:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        except (KeyError, TypeError):
-            return None
+        fields = cls.__dataclass_fields__
+        if not isinstance(data, dict) or any(
+            not isinstance(data.get(k), int | float) or isinstance(data.get(k), bool)
+            for k in fields
+        ):
+            raise ValueError(
+                f"ROUTER.json: 'novelty' must hold the numbers {', '.join(fields)}, got "
+                f"{data!r}. Fix: rebuild the router into an empty directory "
+                f"(`emafusion memory build --out DIR`)."
+            )
+        return cls(
+            min_similarity=float(data["min_similarity"]),
+            auroc=float(data["auroc"]),
+            true_positive_rate=float(data["true_positive_rate"]),
+            false_positive_rate=float(data["false_positive_rate"]),
+            held_out_categories=int(data["held_out_categories"]),
+            scored_queries=int(data["scored_queries"]),
+        )
 
 
 def _top_similarity(index_vectors: np.ndarray, queries: np.ndarray, skip_self: bool) -> np.ndarray:

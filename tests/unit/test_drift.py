@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from emafusion.graph import Context, make_graph
 from emafusion.nodes.feedback import submit_feedback
-from emafusion.stores.drift import RecentResiduals, choose_half_life
+from emafusion.stores.drift import DEFAULT_HALF_LIFE, RecentResiduals, choose_half_life
 from emafusion.stores.recordings import RecordSet
 from tests import synthetic
 
@@ -38,6 +39,10 @@ def test_the_half_life_is_chosen_on_data() -> None:
     assert set(chosen["mean_squared_error"]) >= {"25", "inf"}
     assert RecentResiduals.from_json(chosen).half_life == chosen["half_life"]
     assert math.isinf(RecentResiduals.from_json({"half_life": None}).half_life)
+    assert RecentResiduals.from_json(None).half_life == DEFAULT_HALF_LIFE  # older routers
+    for damaged in ({"half_life": -3}, {"half_life": "long"}, {}, [200], {"half_life": True}):
+        with pytest.raises(ValueError, match=r"ROUTER.json: 'drift' .*Fix: rebuild"):
+            RecentResiduals.from_json(damaged)
 
 
 async def test_failing_feedback_lowers_that_models_predictions(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from emafusion.stores.artifacts import RouterArtifacts
 from emafusion.stores.embeddings import HashEmbedder
@@ -52,4 +53,24 @@ def test_the_rule_travels_in_the_manifest(tmp_path: Path) -> None:
     loaded = RouterArtifacts.load(tmp_path / "router")
     assert NoveltyRule.from_json(loaded.info.get("novelty")) == rule
     assert NoveltyRule.from_json(None) is None
-    assert NoveltyRule.from_json({"min_similarity": 0.5}) is None  # incomplete: no rule
+    for damaged in ({"min_similarity": 0.5}, "0.5", {**rule.to_json(), "auroc": "high"}):
+        with pytest.raises(ValueError, match=r"ROUTER.json: 'novelty' .*Fix: rebuild"):
+            NoveltyRule.from_json(damaged)
+
+
+def test_a_router_with_a_damaged_rule_is_refused_naming_its_manifest(tmp_path: Path) -> None:
+    from emafusion.nodes.resources import RouterResources
+    from emafusion.stores.artifacts import ArtifactsError
+
+    records = synthetic.make_records()
+    artifacts = synthetic.make_artifacts(records, HashEmbedder())
+    artifacts.info["novelty"] = {"min_similarity": "low"}
+    with pytest.raises(ArtifactsError, match=rf"{tmp_path}/ROUTER.json: 'novelty'"):
+        RouterResources.create(
+            synthetic.make_pool(),
+            artifacts,
+            HashEmbedder(),
+            synthetic.make_taxonomy(),
+            records,
+            router_dir=tmp_path,
+        )

@@ -254,3 +254,11 @@ async def test_the_static_run_records_nothing(
     assert any(s.model for s in steps)
     assert len(tiny_resources.memory) == before
     assert all(s.record_id not in tiny_resources.memory for s in steps)
+
+
+async def test_an_unknown_withheld_category_is_a_clear_error(
+    synthetic_records: RecordSet,
+) -> None:
+    settings = StreamSettings(scenario="unseen-category", category="astrology", window=40)
+    with pytest.raises(ValueError, match="category 'astrology' is not in the stream"):
+        await _synthetic_run(synthetic_records, settings)

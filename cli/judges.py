@@ -1,9 +1,10 @@
-"""`emafusion judges train|report|threshold`: the judge ensemble, trained and measured.
+"""`emafusion judges train|report|evidence|threshold`: the judge ensemble, trained and measured.
 
 - train: the learned verifier on the train split (saved beside the memory), then a graph
   run over the validation split that calls every level of every cascade, whose judge
   signals fit a calibrated combiner per judge subset and choose the judges.
 - report: see `emafusion.evals.judges_report`.
+- evidence: what a judged outcome counts in the memory (`emafusion.stores.judged`).
 - threshold: the escalation threshold that meets a goal on validation, as Context settings.
 """
 
@@ -213,6 +214,26 @@ def cmd_judges_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judges_evidence(args: argparse.Namespace) -> int:
+    """What the router's judged outcomes are worth, measured on validation (ROUTER.json)."""
+    import asyncio
+
+    from emafusion.nodes import settings
+    from emafusion.stores.artifacts import RouterArtifacts
+    from emafusion.train.judged_evidence import describe, measure_router
+
+    session = _session(args)
+    context = settings.resolve(Context(preset=args.preset), session.resources)
+    held_out = session.records.split("validation")
+    evidence = asyncio.run(
+        measure_router(session.resources, held_out, context, "validation", args.concurrency)
+    )
+    print(describe(evidence))
+    manifest = RouterArtifacts.set_manifest_entry(session.router_dir, "judged", evidence.to_json())
+    print(f"written to {manifest}")
+    return 0
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     from emafusion.train.judge_names import OFFLINE_JUDGES  # a leaf: help stays light
 
@@ -254,6 +275,17 @@ def add_judges_commands(commands: argparse._SubParsersAction) -> None:
     _common(report_parser)
     _goals(report_parser)
     report_parser.set_defaults(handler=cmd_judges_report)
+
+    evidence = actions.add_parser(
+        "evidence",
+        help="what judged outcomes count in the memory: the preset's beliefs against "
+        "validation labels (written to ROUTER.json)",
+    )
+    _common(evidence)
+    evidence.add_argument(
+        "--preset", default="default", help="the preset whose judging is measured"
+    )
+    evidence.set_defaults(handler=cmd_judges_evidence)
 
     threshold = actions.add_parser("threshold", help="the threshold meeting a goal (validation)")
     _common(threshold)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emafusion.cli.sources import (
     add_source_args,
@@ -17,6 +18,11 @@ from emafusion.cli.sources import (
     pool_for,
     taxonomy_for,
 )
+
+if TYPE_CHECKING:
+    from emafusion.stores.artifacts import RouterArtifacts
+    from emafusion.stores.embeddings import Embedder
+    from emafusion.stores.recordings import RecordSet
 
 
 def cmd_memory_build(args: argparse.Namespace) -> int:
@@ -36,6 +42,8 @@ def cmd_memory_build(args: argparse.Namespace) -> int:
         calibrate_on=args.calibrate_on,
         settings=MemorySettings(index_kind=args.index),
     )
+    if args.calibrate_on is not None:
+        measure_judged_evidence(args, records, embedder, artifacts)
     artifacts.save(args.out)
     memory = artifacts.memory
     print(
@@ -46,6 +54,28 @@ def cmd_memory_build(args: argparse.Namespace) -> int:
     if calibration:
         print(f"classifier calibrated on {calibration}")
     return 0
+
+
+def measure_judged_evidence(
+    args: argparse.Namespace, records: RecordSet, embedder: Embedder, artifacts: RouterArtifacts
+) -> None:
+    """What the default judges' outcomes are worth, on the held-out split (ROUTER.json)."""
+    import asyncio
+
+    from emafusion.graph.context import Context
+    from emafusion.nodes.resources import RouterResources
+    from emafusion.train.judged_evidence import describe, measure_router
+
+    held_out = records.split(args.calibrate_on)
+    pool = pool_for(args, records)
+    if not held_out or pool is None:
+        return
+    resources = RouterResources.create(
+        pool, artifacts, embedder, taxonomy_for(args, records), records
+    )
+    evidence = asyncio.run(measure_router(resources, held_out, Context(), args.calibrate_on))
+    artifacts.info["judged"] = evidence.to_json()
+    print(describe(evidence))
 
 
 def cmd_memory_report(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from emafusion.graph.router import make_graph
 from emafusion.nodes.resources import RouterResources
 from emafusion.stores.artifacts import RouterArtifacts, build_router_artifacts
 from emafusion.stores.embeddings import Embedder
+from emafusion.stores.judged import JudgedEvidence
 from emafusion.stores.pool import Pool
 from emafusion.stores.presets import Preset, PresetBook
 from emafusion.stores.recordings import Record, RecordSet
@@ -44,6 +45,8 @@ from emafusion.train import fusion_traces as ft
 from emafusion.train.fusion import PlanTraces, Point, threshold_grid
 from emafusion.train.fusion_search import Chosen, describe, fit_presets, single_figures
 from emafusion.train.graph_runs import QueryResult, run_graph
+from emafusion.train.judged_evidence import describe as describe_evidence
+from emafusion.train.judged_evidence import measure_router
 
 FOLDS = 5
 SMOOTHING = 10.0
@@ -185,6 +188,8 @@ class Evaluation:
                 for c in chosen
             }
         )
+        with phases("judged evidence"):
+            judged = await self._judged_evidence(chosen, val)
         with phases("baselines"):
             rows = self._baselines(train, test, best)
             recorded_cost = Matrices.build(test, pool).recorded_cost
@@ -232,11 +237,25 @@ class Evaluation:
             fusion=model,
         )
         summary["stop_signal"] = {"plan": describe(default.plan), **stop_signal}
+        summary["judged_evidence"] = judged.to_json()
         summary["phases_s"] = {k: round(v, 1) for k, v in phases.seconds.items()}
         self.log(phases.closing_line())
         return summary
 
     # --- pieces ----------------------------------------------------------------------------
+
+    async def _judged_evidence(self, chosen: Sequence[Chosen], val: list[Record]) -> JudgedEvidence:
+        """What the default preset's judged outcomes are worth, measured on validation (the
+        memory holds train only); saved in ROUTER.json for the router it serves."""
+        assert self.resources is not None and self.artifacts is not None
+        default = next(c for c in chosen if c.name == "default")
+        context = Context(**default.settings(TAXONOMY_THRESHOLD))
+        evidence = await measure_router(
+            self.resources, val, context, "validation", self.concurrency
+        )
+        self.artifacts.info["judged"] = evidence.to_json()
+        self.log(describe_evidence(evidence))
+        return evidence
 
     def _provenance(self, chosen: Chosen) -> dict[str, Any]:
         return {

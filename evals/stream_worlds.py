@@ -119,6 +119,7 @@ def withhold_category(resources: RouterResources, records: RecordSet, category: 
     resources.taxonomy = taxonomy
     resources.novelty = NoveltyRule.from_json(artifacts.info.get("novelty"))
     resources.fusion, resources.presets = None, None
+    keep_judged_weight(resources)
 
 
 def without_model(resources: RouterResources, records: RecordSet, model: str) -> Pool:
@@ -146,4 +147,12 @@ def without_model(resources: RouterResources, records: RecordSet, model: str) ->
     # The evaluated fusion model and presets were fitted with it: they do not apply.
     resources.fusion, resources.presets = None, None
     resources.pool = pool
+    keep_judged_weight(resources)
     return full
+
+
+def keep_judged_weight(resources: RouterResources) -> None:
+    """A rebuilt memory counts judged outcomes as the router measured (the judges and their
+    calibration are the router's, not the memory's)."""
+    if resources.judged is not None:
+        resources.memory.weigh_judged(resources.judged.weight)

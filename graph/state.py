@@ -176,6 +176,15 @@ class EscalatingEvent(TypedDict):
     reason: str
 
 
+class AnswerBelief(TypedDict):
+    """What the run believes of one answer it gathered (`policy.answer_beliefs`), beside
+    the memory's prediction for its model: what `record` may store as a judged outcome."""
+
+    model: str
+    belief: float
+    memory_p: float | None
+
+
 class ReturnedEvent(TypedDict):
     run_id: str
     model: str | None
@@ -185,6 +194,9 @@ class ReturnedEvent(TypedDict):
     answered: bool
     cost_sources: list[str]
     reason: str
+    # Every answer a judge spoke on without failing (answers judges failed on are not
+    # believed, and never recorded).
+    beliefs: list[AnswerBelief]
 
 
 class RecordedEvent(TypedDict):
@@ -263,6 +275,9 @@ class RouterState(TypedDict):
     confidence: NotRequired[float | None]
     cost_usd: NotRequired[float]
     escalation_path: NotRequired[list[str]]
+    # Per attempt, P(its answer is right) as the run believes it at the end (None: not
+    # answered or unjudged): what `record` stores as judged outcomes (`policy.answer_beliefs`).
+    answer_beliefs: NotRequired[list[float | None]]
     # Routing work per node, summed: the router's overhead (see nodes/timing.py).
     router_ms: NotRequired[Annotated[float, operator.add]]
     overhead_ms: NotRequired[float]

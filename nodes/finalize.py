@@ -7,7 +7,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from emafusion.graph.context import Context
-from emafusion.graph.state import CascadeView, ReturnedEvent, RouterState
+from emafusion.graph.state import AnswerBelief, CascadeView, ReturnedEvent, RouterState
 from emafusion.nodes import policy, settings
 from emafusion.nodes.events import emit
 from emafusion.nodes.resources import RouterResources
@@ -45,6 +45,12 @@ async def finalize(
     else:
         confidence = chosen["confidence"]
     cost = policy.spent_usd(view["attempts"])
+    beliefs = policy.answer_beliefs(view, rule, fusion)
+    believed = [
+        AnswerBelief(model=a["model"], belief=b, memory_p=a.get("memory_p"))
+        for a, b in zip(attempts, beliefs, strict=True)
+        if a["status"] == "answered" and b is not None and not a["judges_failed"]
+    ]
     path = [a["model"] for a in attempts]
     event = emit(
         runtime,
@@ -58,6 +64,7 @@ async def finalize(
             answered=chosen is not None,
             cost_sources=sorted({a["cost_source"] for a in attempts if a["status"] == "answered"}),
             reason=reason,
+            beliefs=believed,
         ),
     )
     return {
@@ -67,6 +74,7 @@ async def finalize(
         "confidence": confidence,
         "cost_usd": cost,
         "escalation_path": path,
+        "answer_beliefs": beliefs,
         "overhead_ms": state.get("router_ms", 0.0),
         "trace": [event],
     }

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from emafusion.graph.context import Context
@@ -100,6 +100,8 @@ class Fused:
     posterior: float  # naive-Bayes P(this key is right)
     confidence: float  # calibrated P(right) (the posterior without a calibrator)
     features: tuple[float, ...]
+    # Each answer key's softmax share of the vote (the top key's is `posterior`).
+    shares: Mapping[str, float] = field(default_factory=dict)
 
 
 def _logit(p: float) -> float:
@@ -190,7 +192,42 @@ def fuse(view: CascadeView, model: FusionModel = DEFAULT_FUSION) -> Fused | None
         _logit(_share(memory_scores, top, options)),
     )
     calibrated = model.calibrated(features)
-    return Fused(top, chosen, posterior, posterior if calibrated is None else calibrated, features)
+    shares = {k: _share(scores, k, options) for k in scores}
+    confidence = posterior if calibrated is None else calibrated
+    return Fused(top, chosen, posterior, confidence, features, shares)
+
+
+def answer_beliefs(
+    view: CascadeView, settings: PolicySettings, model: FusionModel = DEFAULT_FUSION
+) -> list[float | None]:
+    """What the run believes of each answer it gathered: P(that answer is right), or None
+    (not answered, or no judge spoke). This is what `record` stores as a judged outcome.
+
+    `last`: each answer's judges' confidence. `vote`: the fused answer's key has the fused
+    confidence; another key shares what is left (1 - confidence) in proportion to its
+    share of the vote, so an answer that disagrees with a confident majority is believed
+    wrong; an answer without a key keeps its judges' confidence.
+    """
+    attempts = view["attempts"]
+    beliefs: list[float | None] = [
+        a["confidence"] if a["status"] == "answered" else None for a in attempts
+    ]
+    if settings.fusion != "vote":
+        return beliefs
+    fused = fuse(view, model)
+    if fused is None or fused.key is None:
+        return beliefs
+    rest = 1.0 - fused.shares[fused.key]
+    for i, a in enumerate(attempts):
+        key = a["answer_key"]
+        if a["status"] != "answered" or key is None:
+            continue
+        if key == fused.key:
+            beliefs[i] = fused.confidence
+        else:
+            share = fused.shares[key] / rest if rest > 0 else 0.0
+            beliefs[i] = (1.0 - fused.confidence) * min(1.0, share)
+    return beliefs
 
 
 # --- decide and choose -------------------------------------------------------------------

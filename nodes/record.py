@@ -1,6 +1,8 @@
 """record: judged outcomes go back into the memory; the router learns from its traffic.
 
-An answer a judge failed on is never recorded: its confidence says nothing of it. Whether
+A judged outcome is what the run believes of an answer (`policy.answer_beliefs`); how much
+it counts is measured on held-out labels (`emafusion.stores.judged`). An answer a judge
+failed on is never recorded: its confidence says nothing of it. Whether
 outcomes reach disk is the deployment's choice (`persist_outcomes`), never a run's; there
 they append to the memory's outcome log (compacted by `emafusion memory compact`).
 
@@ -32,6 +34,39 @@ def live_query_id(state: RouterState) -> str:
     return "live/" + hashlib.sha256(state["query"].encode()).hexdigest()[:32]
 
 
+def judged_outcomes(
+    state: RouterState, context: Context, resources: RouterResources
+) -> list[OutcomeRecord]:
+    """What the run believes of each answer, as judged outcomes (none when not recording).
+
+    Where the router measured its judges (`resources.judged`), beliefs are stored through
+    its calibration map, and only for runs judged the way it measured: another
+    configuration's beliefs have no measured weight, and the memory applies one weight to
+    every judged outcome. Without a measurement they are stored as they are and count for
+    nothing (`MemorySettings.judged_weight` 0).
+    """
+    evidence = resources.judged
+    if not context.record_outcomes or (evidence is not None and not evidence.matches(context)):
+        return []
+    attempts = state.get("attempts", [])
+    beliefs = state.get("answer_beliefs") or [a["confidence"] for a in attempts]
+    outcomes = []
+    for attempt, belief in zip(attempts, beliefs, strict=True):
+        if attempt["status"] != "answered" or belief is None or attempt["judges_failed"]:
+            continue
+        score = evidence.calibrated(belief) if evidence is not None else float(belief)
+        outcomes.append(
+            OutcomeRecord(
+                model=attempt["model"],
+                score=score,
+                source="live_judged",
+                cost_usd=attempt["cost_usd"],
+                latency_s=attempt["latency_ms"] / 1000.0,
+            )
+        )
+    return outcomes
+
+
 async def record(
     state: RouterState, runtime: Runtime[Context], resources: RouterResources
 ) -> dict[str, Any]:
@@ -57,17 +92,7 @@ async def record(
             if c["model"] in answered_models and c["source"] in ("memory", "prior")
         ),
     )
-    outcomes = [
-        OutcomeRecord(
-            model=a["model"],
-            score=float(a["confidence"]),
-            source="live_judged",
-            cost_usd=a["cost_usd"],
-            latency_s=a["latency_ms"] / 1000.0,
-        )
-        for a in answered
-        if context.record_outcomes and a["confidence"] is not None and not a["judges_failed"]
-    ]
+    outcomes = judged_outcomes(state, context, resources)
 
     memory = resources.memory  # the memory of this run, even if it is swapped meanwhile
 

@@ -36,6 +36,7 @@ from emafusion.stores.combiner import CombinerBook, load_combiners
 from emafusion.stores.drift import RecentResiduals
 from emafusion.stores.embeddings import EMBEDDER_KINDS, Embedder, default_embedder
 from emafusion.stores.fusion import FusionModel, load_fusion
+from emafusion.stores.judged import JudgedEvidence
 from emafusion.stores.memory import ModelStats, OutcomeMemory, OutcomeMemoryError
 from emafusion.stores.memory.postgres import open_postgres_memory
 from emafusion.stores.novelty import NoveltyRule
@@ -82,6 +83,8 @@ class RouterResources:
     novelty: NoveltyRule | None = None
     # Per model, how far its live feedback runs from the memory's predictions (drift).
     drift: RecentResiduals = field(default_factory=RecentResiduals)
+    # What a judged outcome counts, measured on held-out labels; None: nothing (weight 0).
+    judged: JudgedEvidence | None = None
     # Whether live outcomes are written to router_dir (a deployment choice).
     persist_outcomes: bool = False
     # Recent runs, for feedback (on disk too when outcomes persist).
@@ -147,9 +150,12 @@ class RouterResources:
         try:
             novelty = NoveltyRule.from_json(artifacts.info.get("novelty"))
             drift = RecentResiduals.from_json(artifacts.info.get("drift"))
+            judged = JudgedEvidence.from_json(artifacts.info.get("judged"))
         except ValueError as exc:
             where = f"{router_dir}/" if router_dir is not None else ""
             raise ArtifactsError(f"{where}{exc}") from None
+        if judged is not None:
+            artifacts.memory.weigh_judged(judged.weight)
         return cls(
             pool=pool,
             chat_models=models,
@@ -161,6 +167,7 @@ class RouterResources:
             router_dir=router_dir,
             novelty=novelty,
             drift=drift,
+            judged=judged,
         )
 
 

@@ -51,6 +51,15 @@ class RouterArtifacts:
         write_text_atomic(directory / ROUTER_MANIFEST, manifest)
         return directory
 
+    @staticmethod
+    def set_manifest_entry(directory: Path | str, key: str, value: object) -> Path:
+        """Write one entry of an existing ROUTER.json (atomically; the rest is kept)."""
+        manifest = Path(directory) / ROUTER_MANIFEST
+        info = json.loads(manifest.read_text(encoding="utf-8"))
+        info[key] = value
+        write_text_atomic(manifest, json.dumps(info, indent=2, sort_keys=True))
+        return manifest
+
     @classmethod
     def load(cls, directory: Path | str, embedder_id: str | None = None) -> RouterArtifacts:
         directory = Path(directory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,11 @@ class OutcomeMemory:
     def settings(self) -> MemorySettings:
         """The settings in force (read-only: the index was built for them)."""
         return self._est.settings
+
+    def weigh_judged(self, weight: float) -> None:
+        """Set what one judged outcome counts next to a ground-truth one, in [0, 1]: a
+        measured figure (`emafusion.stores.judged`), not part of the saved memory."""
+        self._est.settings = replace(self._est.settings, judged_weight=weight)
 
     @property
     def index_kind(self) -> IndexKind:

@@ -15,7 +15,7 @@ from emafusion.cli.main import main
 COMMANDS = {
     "data": ("check", "export", "fetch", "path"),
     "memory": ("build", "report"),
-    "judges": ("train", "report", "threshold"),
+    "judges": ("train", "report", "evidence", "threshold"),
     "ask": ("--record-id", "--threshold", "--budget", "--stream"),
     "graph": ("--format", "--out"),
     "eval": ("--dataset", "--limit", "--no-progress"),

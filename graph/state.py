@@ -127,6 +127,8 @@ class ClassifiedEvent(TypedDict):
     route_mode: RouteMode
     candidates: list[str]
     explored: str | None  # a model with too little history, tried at the top of the plan
+    # Models a fixed plan left out: live evidence says they went worse (drift).
+    degraded: list[str]
 
 
 class PredictionSummary(TypedDict):

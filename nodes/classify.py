@@ -115,14 +115,18 @@ def suitable_options(
 
 def planned_options(
     resources: RouterResources, context: Context, category: str | None, query: str
-) -> tuple[list[Candidate], list[Candidate]]:
-    """(options, plan) of a fixed plan (`Context.stages`): the category's, else '*'."""
+) -> tuple[list[Candidate], list[Candidate], list[str]]:
+    """(options, plan, degraded) of a fixed plan (`Context.stages`): the category's, else
+    '*', without the models live evidence says went worse (`RecentResiduals.degraded`)."""
     assert context.stages is not None
     stages = context.stages.get(category or "*") or context.stages["*"]
     allowed = set(allowed_models(context, resources))
     models = [m for stage in stages for m in stage if m in allowed]
     options = category_options(resources, category, query, models)
-    return list(options.values()), fixed_plan(stages, options, context.budget_usd)
+    degraded = frozenset(m for m in models if resources.drift.degraded(m))
+    plan = fixed_plan(stages, options, context.budget_usd, degraded)
+    planned = {c["model"] for c in plan}
+    return list(options.values()), plan, sorted(m for m in degraded if m not in planned)
 
 
 async def classify(
@@ -145,8 +149,9 @@ async def classify(
     category, confidence = names[top], float(probs[top])
     confident = confidence >= context.taxonomy_threshold
     mode: RouteMode
+    degraded: list[str] = []
     if context.stages is not None:
-        options, candidates = planned_options(
+        options, candidates, degraded = planned_options(
             resources, context, category if confident else None, query
         )
         mode = "planned"
@@ -184,6 +189,7 @@ async def classify(
             route_mode=mode,
             candidates=[c["model"] for c in candidates],
             explored=explored,
+            degraded=degraded,
         ),
     )
     return {

@@ -111,10 +111,18 @@ def fixed_plan(
     stages: Sequence[Sequence[str]],
     options: dict[str, Candidate],
     budget_usd: float | None = None,
+    degraded: frozenset[str] = frozenset(),
 ) -> list[Candidate]:
     """A given plan (stages of model names) as candidates; models without an option (not in
     the pool, not allowed) or whose call alone exceeds the budget are left out, and stages
-    left empty are dropped."""
+    left empty are dropped. `degraded` models (live evidence says they went worse) are
+    left out too, unless nothing else of the plan is left."""
+    if degraded:
+        kept = fixed_plan(
+            stages, {m: c for m, c in options.items() if m not in degraded}, budget_usd
+        )
+        if kept:
+            return kept
     plan: list[Candidate] = []
     for models in stages:
         kept = affordable([options[m] for m in models if m in options], budget_usd)

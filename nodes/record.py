@@ -34,6 +34,25 @@ def live_query_id(state: RouterState) -> str:
     return "live/" + hashlib.sha256(state["query"].encode()).hexdigest()[:32]
 
 
+def memory_predictions(
+    state: RouterState, resources: RouterResources
+) -> tuple[tuple[str, float, float], ...]:
+    """(model, the memory's prediction, the drift offset in it) per answering model, for
+    the drift residuals of later feedback: the prediction planning used where the memory
+    planned, else the memory's prediction the decision read (`memory_p`; a fixed plan)."""
+    answered = [a for a in state.get("attempts", []) if a["status"] == "answered"]
+    models = {a["model"] for a in answered}
+    out = {
+        c["model"]: (c["model"], c["p_success"], resources.drift.offset(c["model"]))
+        for c in state.get("options", [])
+        if c["model"] in models and c["source"] in ("memory", "prior")
+    }
+    for a in answered:
+        if a["model"] not in out and a.get("memory_p") is not None:
+            out[a["model"]] = (a["model"], float(a["memory_p"]), 0.0)
+    return tuple(out.values())
+
+
 def judged_outcomes(
     state: RouterState, context: Context, resources: RouterResources
 ) -> list[OutcomeRecord]:
@@ -86,19 +105,23 @@ async def record(
         category=category,
         model=state.get("model"),
         models=answered_models,
-        predicted=tuple(
-            (c["model"], c["p_success"], resources.drift.offset(c["model"]))
-            for c in state.get("options", [])
-            if c["model"] in answered_models and c["source"] in ("memory", "prior")
-        ),
+        predicted=memory_predictions(state, resources),
     )
     outcomes = judged_outcomes(state, context, resources)
+    # Judged beliefs are residuals of the drift test too, at their measured weight.
+    weight = resources.judged.weight if resources.judged is not None else 0.0
+    raw = {model: p - offset for model, p, offset in entry.predicted}
+    residuals = [
+        (o.model, o.score, raw[o.model]) for o in outcomes if weight > 0 and o.model in raw
+    ]
 
     memory = resources.memory  # the memory of this run, even if it is swapped meanwhile
 
     def write() -> None:
         # Feedback on this run may come later: the ledger knows what it needs.
         resources.runs.add(entry)
+        for model, score, predicted in residuals:
+            resources.drift.observe(model, score, predicted, weight=weight)
         if not outcomes:
             return
         if resources.persist_outcomes and memory.location is None and resources.router_dir:

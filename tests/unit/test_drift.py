@@ -5,6 +5,7 @@ choice travels in the router's manifest."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,3 +83,55 @@ def test_the_taxonomy_view_of_a_model_moves_with_its_offset(
     after = category_accuracy(resources, "history")
     assert after["mid"] < before["mid"] - 0.2
     assert all(after[m] == before[m] for m in before if m != "mid")
+
+
+def test_a_model_is_degraded_only_on_strong_evidence_against_its_validation_residuals() -> None:
+    rng = np.random.default_rng(1)
+    recent = RecentResiduals(half_life=math.inf, baseline={"m": (0.05, 0.4)})
+    for r in rng.normal(0.05, 0.4, 2000):  # as on validation: never degraded
+        recent.observe("m", 0.8 + r, 0.8)
+        assert not recent.degraded("m")
+    worse = RecentResiduals(half_life=50.0, baseline={"m": (0.05, 0.4)})
+    looks = []
+    for r in rng.normal(-0.4, 0.4, 60):  # 45 points worse than on validation
+        worse.observe("m", 0.8 + r, 0.8)
+        looks.append(worse.degraded("m"))
+    assert looks[-1] and not looks[0]  # it takes some outcomes
+    assert not worse.degraded("no baseline")
+    # Judged outcomes count at their weight: ten at 0.1 are one outcome, too few to speak.
+    judged = RecentResiduals(half_life=math.inf, baseline={"m": (0.0, 0.4)})
+    for _ in range(10):
+        judged.observe("m", 0.0, 0.9, weight=0.1)
+    assert not judged.degraded("m")
+    chosen = choose_half_life({"a": list(rng.normal(0.1, 0.3, 400))})
+    assert RecentResiduals.from_json(chosen).baseline["a"] == pytest.approx((0.1, 0.3), abs=0.05)
+    with pytest.raises(ValueError, match=r"'baseline' must map"):
+        RecentResiduals.from_json({"half_life": 50, "baseline": {"a": [0.1]}})
+
+
+async def test_a_fixed_plan_leaves_a_degraded_model_out_and_says_so(
+    synthetic_records: RecordSet,
+) -> None:
+    resources = synthetic.make_resources(synthetic_records)
+    graph = make_graph(resources)
+    record = synthetic_records.split("test")[0]
+    context = Context(stages={"*": [["small", "mid"], ["large"]]}, record_outcomes=False)
+
+    async def classified() -> dict[str, Any]:
+        output = await graph.ainvoke(
+            {"query": record.query, "record_id": record.id}, context=context
+        )
+        return next(e["data"] for e in output["trace"] if e["event"] == "classified")
+
+    assert (await classified())["candidates"] == ["small", "mid", "large"]
+    resources.drift.baseline = {"small": (0.0, 0.4)}
+    for _ in range(40):
+        resources.drift.observe("small", 0.0, 0.9)  # live answers far below validation's
+    event = await classified()
+    assert event["candidates"] == ["mid", "large"] and event["degraded"] == ["small"]
+    for model in ("mid", "large"):  # all degraded: the plan is kept whole, not emptied
+        resources.drift.baseline = {**resources.drift.baseline, model: (0.0, 0.4)}
+        for _ in range(40):
+            resources.drift.observe(model, 0.0, 0.9)
+    event = await classified()
+    assert event["candidates"] == ["small", "mid", "large"] and event["degraded"] == []

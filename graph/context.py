@@ -63,6 +63,33 @@ def _schema_refuses_deployment_settings(schema: dict[str, Any]) -> None:
         }
 
 
+def check_stages(value: dict[str, list[list[str]]]) -> dict[str, list[list[str]]]:
+    if "*" not in value:
+        raise ValueError("needs a '*' plan, for any other category and unsure queries")
+    for category, plan in value.items():
+        if not plan or any(not stage for stage in plan):
+            raise ValueError(f"plan for {category!r} has an empty stage")
+        models = [m for stage in plan for m in stage]
+        if len(set(models)) != len(models):
+            raise ValueError(f"plan for {category!r} calls a model twice: {models}")
+    return value
+
+
+class FallbackPlan(BaseModel):
+    """A fixed plan to switch to when a model of `Context.stages` has degraded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    stages: dict[str, list[list[str]]]
+    escalation_threshold: float = Field(ge=0.0, le=1.0)
+    stop_early: bool = True
+
+    @field_validator("stages", mode="after")
+    @classmethod
+    def _stages(cls, value: dict[str, list[list[str]]]) -> dict[str, list[list[str]]]:
+        return check_stages(value)
+
+
 class Context(BaseModel):
     """How the router decides one query. Build with keywords; unknown names are refused."""
 
@@ -120,6 +147,12 @@ class Context(BaseModel):
         description="A fixed plan per predicted category: stages of models called at once, "
         "in order ('*': any other category, or an unsure classifier). None: plan from the "
         "memory's predictions, one model per stage.",
+    )
+    fallback_plans: dict[str, FallbackPlan] | None = Field(
+        default=None,
+        description="Per model of `stages`, the plan (and threshold) to use instead once live "
+        "evidence says that model degraded (the evaluation chooses them with the preset). "
+        "A degraded model without one is left out of the plan.",
     )
     min_p_success: float = Field(
         default=0.0,
@@ -265,17 +298,7 @@ class Context(BaseModel):
     @field_validator("stages", mode="after")
     @classmethod
     def _stages(cls, value: dict[str, list[list[str]]] | None) -> dict[str, list[list[str]]] | None:
-        if value is None:
-            return None
-        if "*" not in value:
-            raise ValueError("needs a '*' plan, for any other category and unsure queries")
-        for category, plan in value.items():
-            if not plan or any(not stage for stage in plan):
-                raise ValueError(f"plan for {category!r} has an empty stage")
-            models = [m for stage in plan for m in stage]
-            if len(set(models)) != len(models):
-                raise ValueError(f"plan for {category!r} calls a model twice: {models}")
-        return value
+        return None if value is None else check_stages(value)
 
     @field_validator("judge_weights", mode="after")
     @classmethod

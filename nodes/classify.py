@@ -115,18 +115,38 @@ def suitable_options(
 
 def planned_options(
     resources: RouterResources, context: Context, category: str | None, query: str
-) -> tuple[list[Candidate], list[Candidate], list[str]]:
-    """(options, plan, degraded) of a fixed plan (`Context.stages`): the category's, else
-    '*', without the models live evidence says went worse (`RecentResiduals.degraded`)."""
+) -> tuple[list[Candidate], list[Candidate], list[str], Context]:
+    """(options, plan, degraded, settings) of a fixed plan (`Context.stages`): the
+    category's, else '*'. A model live evidence says went worse (`RecentResiduals.degraded`)
+    switches the run to the preset's fallback plan without it (the settings returned), where
+    there is one and none of its models degraded too; else it is left out of the plan."""
     assert context.stages is not None
     stages = context.stages.get(category or "*") or context.stages["*"]
     allowed = set(allowed_models(context, resources))
     models = [m for stage in stages for m in stage if m in allowed]
-    options = category_options(resources, category, query, models)
-    degraded = frozenset(m for m in models if resources.drift.degraded(m))
-    plan = fixed_plan(stages, options, context.budget_usd, degraded)
+    # The test's baseline was measured on this plan's validation runs; another plan's calls
+    # select other queries, so it is tested only as measured.
+    tested = resources.judged is not None and resources.judged.matches(context)
+    degraded = sorted(m for m in models if tested and resources.drift.degraded(m))
+    for model in degraded:
+        fallback = (context.fallback_plans or {}).get(model)
+        if fallback is None:
+            continue
+        named = {m for plan in fallback.stages.values() for stage in plan for m in stage}
+        if any(resources.drift.degraded(m) for m in named):
+            continue
+        switched = context.replace(
+            stages=fallback.stages,
+            escalation_threshold=fallback.escalation_threshold,
+            stop_early=fallback.stop_early,
+            fallback_plans=None,
+        )
+        switched_options, plan, _, _ = planned_options(resources, switched, category, query)
+        return switched_options, plan, [model], switched
+    by_model = category_options(resources, category, query, models)
+    plan = fixed_plan(stages, by_model, context.budget_usd, frozenset(degraded))
     planned = {c["model"] for c in plan}
-    return list(options.values()), plan, sorted(m for m in degraded if m not in planned)
+    return list(by_model.values()), plan, [m for m in degraded if m not in planned], context
 
 
 async def classify(
@@ -150,10 +170,13 @@ async def classify(
     confident = confidence >= context.taxonomy_threshold
     mode: RouteMode
     degraded: list[str] = []
+    fallback_for = None
     if context.stages is not None:
-        options, candidates, degraded = planned_options(
+        preset_plan = context
+        options, candidates, degraded, context = planned_options(
             resources, context, category if confident else None, query
         )
+        fallback_for = degraded[0] if context is not preset_plan else None
         mode = "planned"
     else:
         options = suitable_options(resources, category, context, query) if confident else []
@@ -190,6 +213,7 @@ async def classify(
             candidates=[c["model"] for c in candidates],
             explored=explored,
             degraded=degraded,
+            fallback_for=fallback_for,
         ),
     )
     return {

@@ -95,5 +95,7 @@ def submit_feedback(
     if entry is not None:
         for name, predicted, offset in entry.predicted:
             if name == model:  # the memory's own prediction: the offset taken back out
-                resources.drift.observe(model, float(score), predicted - offset)
+                resources.drift.observe(
+                    model, float(score), predicted - offset, tested=entry.tested
+                )
     return FeedbackReceipt(target, model, float(score), durable)

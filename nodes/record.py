@@ -106,9 +106,11 @@ async def record(
         model=state.get("model"),
         models=answered_models,
         predicted=memory_predictions(state, resources),
+        tested=resources.judged is not None and resources.judged.matches(context),
     )
     outcomes = judged_outcomes(state, context, resources)
-    # Judged beliefs are residuals of the drift test too, at their measured weight.
+    # Judged beliefs feed the drift test of the plan they were measured on (`judged_outcomes`
+    # is empty for any other judging or plan), where they carry evidence.
     weight = resources.judged.weight if resources.judged is not None else 0.0
     raw = {model: p - offset for model, p, offset in entry.predicted}
     residuals = [
@@ -120,8 +122,8 @@ async def record(
     def write() -> None:
         # Feedback on this run may come later: the ledger knows what it needs.
         resources.runs.add(entry)
-        for model, score, predicted in residuals:
-            resources.drift.observe(model, score, predicted, weight=weight)
+        for model, belief, predicted in residuals:
+            resources.drift.observe_judged(model, belief, predicted)
         if not outcomes:
             return
         if resources.persist_outcomes and memory.location is None and resources.router_dir:

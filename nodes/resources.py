@@ -101,6 +101,12 @@ class RouterResources:
         field(default_factory=dict, repr=False)
     )
 
+    def use_judged(self, evidence: JudgedEvidence) -> None:
+        """Count judged outcomes as measured: the memory's weight, the drift test's baseline."""
+        self.judged = evidence
+        self.memory.weigh_judged(evidence.weight)
+        self.drift.baseline = evidence.baseline
+
     def spec(self, model: str) -> ModelSpec:
         return self.pool.get(model)
 
@@ -154,9 +160,7 @@ class RouterResources:
         except ValueError as exc:
             where = f"{router_dir}/" if router_dir is not None else ""
             raise ArtifactsError(f"{where}{exc}") from None
-        if judged is not None:
-            artifacts.memory.weigh_judged(judged.weight)
-        return cls(
+        resources = cls(
             pool=pool,
             chat_models=models,
             embedder=embedder,
@@ -167,8 +171,10 @@ class RouterResources:
             router_dir=router_dir,
             novelty=novelty,
             drift=drift,
-            judged=judged,
         )
+        if judged is not None:
+            resources.use_judged(judged)
+        return resources
 
 
 # Set while a graph node runs (`graph.router`): there the run's entry already waited for the

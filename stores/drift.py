@@ -14,10 +14,13 @@ a long half-life, and the offset then only corrects a steady bias; a model that 
 failing moves the offset as fast as its feedback arrives.
 
 A fixed plan (a preset's stages) reads no prediction, so it learns by a test instead: a
-model is `degraded` when its recent mean residual lies below the mean residual it had on
-validation (the memory's steady bias for it) by more than `DEGRADED_Z` standard errors
-(the validation residuals' spread over the effective number of recent outcomes). Judged
-outcomes (beliefs, `emafusion.stores.judged`) count as residuals at their measured weight.
+model is `degraded` when its recent mean residual lies below the mean residual it had in
+the same plan's runs on validation by more than `DEGRADED_Z` standard errors (the
+validation residuals' spread over the effective number of recent outcomes). The baseline
+is the plan's own (`JudgedEvidence.baseline`): a model a plan calls only on hard queries
+has residuals below the memory's everywhere-average, which is no drift. Ground-truth and
+judged residuals (beliefs, `emafusion.stores.judged`) are tested apart, each against its
+own baseline; only runs on the plan the baseline was measured for feed the test.
 """
 
 from __future__ import annotations
@@ -45,29 +48,47 @@ class _Sums:
     residual: float = 0.0
     weight_sq: float = 0.0  # sum of squared (decayed) weights: the effective count
 
+    def add(self, residual: float, keep: float) -> None:
+        self.weight = self.weight * keep + 1.0
+        self.residual = self.residual * keep + residual
+        self.weight_sq = self.weight_sq * keep * keep + 1.0
+
+
+Source = str  # "truth" (feedback) or "judged" (beliefs)
+
 
 @dataclass
 class RecentResiduals:
-    """Per model, the decayed mean residual of its live ground-truth outcomes."""
+    """Per model, the decayed mean residual of its live ground-truth outcomes (the offset),
+    and per source the residuals the degradation test reads."""
 
     half_life: float = DEFAULT_HALF_LIFE  # in the model's feedback outcomes; inf: no decay
     pseudo_count: float = PSEUDO_COUNT
-    # Per model, (mean, standard deviation) of its residuals on validation (no drift there).
-    baseline: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # Per source, per model: (mean, sd) of its residuals in the plan's validation runs.
+    baseline: Mapping[Source, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
     _sums: dict[str, _Sums] = field(default_factory=dict)
+    _tested: dict[tuple[Source, str], _Sums] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def observe(self, model: str, score: float, predicted: float, weight: float = 1.0) -> None:
-        """One live outcome of `model` where the memory predicted `predicted`: ground truth
-        (weight 1) or a judged belief at its measured weight."""
-        if weight <= 0:
-            return
-        keep = 1.0 if math.isinf(self.half_life) else 0.5 ** (1.0 / self.half_life)
+    @property
+    def _keep(self) -> float:
+        return 1.0 if math.isinf(self.half_life) else 0.5 ** (1.0 / self.half_life)
+
+    def observe(self, model: str, score: float, predicted: float, tested: bool = True) -> None:
+        """One ground-truth outcome of `model` where the memory predicted `predicted`;
+        `tested`: the run was on the plan the degradation test's baseline is for."""
+        residual = float(score) - float(predicted)
         with self._lock:
-            sums = self._sums.setdefault(model, _Sums())
-            sums.weight = sums.weight * keep + weight
-            sums.residual = sums.residual * keep + weight * (float(score) - float(predicted))
-            sums.weight_sq = sums.weight_sq * keep * keep + weight * weight
+            self._sums.setdefault(model, _Sums()).add(residual, self._keep)
+            if tested:
+                self._tested.setdefault(("truth", model), _Sums()).add(residual, self._keep)
+
+    def observe_judged(self, model: str, belief: float, predicted: float) -> None:
+        """One judged outcome (a calibrated belief) of a run on the tested plan: the test
+        reads it, the offset does not."""
+        with self._lock:
+            sums = self._tested.setdefault(("judged", model), _Sums())
+            sums.add(float(belief) - float(predicted), self._keep)
 
     def offset(self, model: str) -> float:
         with self._lock:
@@ -77,19 +98,21 @@ class RecentResiduals:
             return sums.residual / (sums.weight + self.pseudo_count)
 
     def degraded(self, model: str) -> bool:
-        """Whether `model`'s recent residuals lie significantly below its validation ones
-        (False without a validation baseline for it, or with too few recent outcomes)."""
-        baseline = self.baseline.get(model)
-        with self._lock:
-            sums = self._sums.get(model)
-            if baseline is None or sums is None or sums.weight_sq <= 0:
-                return False
-            n_eff = sums.weight * sums.weight / sums.weight_sq
-            mean = sums.residual / sums.weight
-        bias, spread = baseline
-        if n_eff < MIN_DEGRADED_OUTCOMES or spread <= 0:
-            return False
-        return mean - bias < -DEGRADED_Z * spread / math.sqrt(n_eff)
+        """Whether `model`'s recent residuals of either source lie significantly below the
+        plan's validation ones (never without a baseline or with too few outcomes)."""
+        for source, models in self.baseline.items():
+            baseline = models.get(model)
+            with self._lock:
+                sums = self._tested.get((source, model))
+                if baseline is None or sums is None or sums.weight_sq <= 0:
+                    continue
+                n_eff = sums.weight * sums.weight / sums.weight_sq
+                mean = sums.residual / sums.weight
+            bias, spread = baseline
+            enough = n_eff >= MIN_DEGRADED_OUTCOMES and spread > 0
+            if enough and mean - bias < -DEGRADED_Z * spread / math.sqrt(n_eff):
+                return True
+        return False
 
     @classmethod
     def from_json(cls, data: object) -> RecentResiduals:
@@ -97,32 +120,15 @@ class RecentResiduals:
         entry is an error, not a silent default."""
         if data is None:
             return cls()
-        problem = "ROUTER.json: 'drift' must hold a half_life > 0 (or null: no decay)"
-        fix = (
-            "Fix: rebuild the router into an empty directory (`emafusion memory build --out DIR`)."
-        )
         half_life = data.get("half_life", 0) if isinstance(data, Mapping) else 0
         if half_life is None:
-            half_life = math.inf
-        if not (
-            isinstance(half_life, int | float) and not isinstance(half_life, bool) and half_life > 0
-        ):
-            raise ValueError(f"{problem}, got {data!r}. {fix}")
-        assert isinstance(data, Mapping)
-        baseline = data.get("baseline", {})
-        if not isinstance(baseline, Mapping) or any(
-            not isinstance(v, list | tuple)
-            or len(v) != 2
-            or any(isinstance(x, bool) or not isinstance(x, int | float) for x in v)
-            for v in baseline.values()
-        ):
-            raise ValueError(
-                f"ROUTER.json: 'drift'.'baseline' must map each model to [mean, sd] of its "
-                f"validation residuals, got {baseline!r}. {fix}"
-            )
-        return cls(
-            half_life=float(half_life),
-            baseline={str(m): (float(v[0]), float(v[1])) for m, v in baseline.items()},
+            return cls(half_life=math.inf)
+        if isinstance(half_life, int | float) and not isinstance(half_life, bool) and half_life > 0:
+            return cls(half_life=float(half_life))
+        raise ValueError(
+            f"ROUTER.json: 'drift' must hold a half_life > 0 (or null: no decay), got "
+            f"{data!r}. Fix: rebuild the router into an empty directory "
+            f"(`emafusion memory build --out DIR`)."
         )
 
 
@@ -146,9 +152,6 @@ def choose_half_life(residuals: Mapping[str, Sequence[float]]) -> dict[str, Any]
     best = min(HALF_LIVES, key=lambda h: (errors[h], -h))
     return {
         "half_life": None if math.isinf(best) else best,
-        "baseline": {
-            m: [float(r.mean()), float(r.std())] for m, r in sorted(arrays.items()) if len(r) > 1
-        },
         "pseudo_count": PSEUDO_COUNT,
         "residuals": n,
         "mean_squared_error": {

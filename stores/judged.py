@@ -20,10 +20,11 @@ configuration is unknown, so its beliefs are not recorded.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-JUDGING_FIELDS = ("judges", "judge_weights", "combiner", "fusion", "llm_judge")
+# What shapes a run's beliefs: its judges, how they combine, and which answers it gathers.
+JUDGING_FIELDS = ("judges", "judge_weights", "combiner", "fusion", "llm_judge", "stages")
 
 
 def judging_key(settings: Any) -> dict[str, Any]:
@@ -37,6 +38,7 @@ def judging_key(settings: Any) -> dict[str, Any]:
         "combiner": get("combiner"),
         "fusion": get("fusion"),
         "llm_judge": get("llm_judge"),
+        "stages": get("stages"),
     }
 
 
@@ -52,6 +54,9 @@ class JudgedEvidence:
     brier_memory: float  # the memory's predictions of the same answers, calibrated alike
     answers: int
     split: str
+    # Per source ("truth": label, "judged": calibrated belief), per model: (mean, sd) of its
+    # residuals against the memory's prediction in these runs (the drift test's baseline).
+    baseline: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
     def matches(self, settings: Any) -> bool:
         return judging_key(settings) == self.judging
@@ -69,6 +74,10 @@ class JudgedEvidence:
             "brier_memory": self.brier_memory,
             "answers": self.answers,
             "split": self.split,
+            "baseline": {
+                source: {m: list(v) for m, v in models.items()}
+                for source, models in self.baseline.items()
+            },
             "method": "1 - Brier(belief) / Brier(memory), both Platt-calibrated out of fold, "
             "clipped to [0, 1]",
         }
@@ -101,6 +110,22 @@ class JudgedEvidence:
                 f"DIR`) or remove the entry (judged outcomes then count for nothing)."
             )
         assert isinstance(data, dict)
+        baseline = data.get("baseline", {})
+        if not isinstance(baseline, dict) or any(
+            not isinstance(models, dict)
+            or any(
+                not isinstance(v, list)
+                or len(v) != 2
+                or any(isinstance(x, bool) or not isinstance(x, int | float) for x in v)
+                for v in models.values()
+            )
+            for models in baseline.values()
+        ):
+            raise ValueError(
+                f"ROUTER.json: 'judged'.'baseline' must map 'truth' and 'judged' to each "
+                f"model's [mean, sd] of residuals, got {baseline!r}. Fix: measure it again "
+                f"(`emafusion judges evidence --router-dir DIR`)."
+            )
         return cls(
             judging=dict(data["judging"]),
             weight=float(data["weight"]),
@@ -110,6 +135,10 @@ class JudgedEvidence:
             brier_memory=float(data["brier_memory"]),
             answers=int(data["answers"]),
             split=str(data["split"]),
+            baseline={
+                str(source): {str(m): (float(v[0]), float(v[1])) for m, v in models.items()}
+                for source, models in baseline.items()
+            },
         )
 
 

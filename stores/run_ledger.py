@@ -29,6 +29,8 @@ class RunEntry:
     models: tuple[str, ...]  # every model that answered
     # (model, the memory's prediction planning used, the drift offset in it), per answer.
     predicted: tuple[tuple[str, float, float], ...] = ()
+    # Run on the plan the drift test's baseline was measured for: its feedback feeds the test.
+    tested: bool = False
 
 
 class RunLedger:
@@ -89,5 +91,6 @@ class RunLedger:
                         predicted=tuple(
                             (str(m), float(p), float(o)) for m, p, o in data.get("predicted", ())
                         ),
+                        tested=bool(data.get("tested", False)),
                     )
         return found

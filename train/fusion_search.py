@@ -7,6 +7,9 @@
 3. One knob per preset, the threshold, is chosen on train + validation for its goal:
    `default` the most accurate at <= the best single model's cost, `cheap` the cheapest at
    >= its accuracy (else the most accurate at <= 0.6x its cost), `max` the most accurate.
+4. Per model of a preset's plan, a fallback plan: the screening's best for the same goal
+   without that model, with its own threshold; the graph switches to it when live
+   evidence says the model degraded (`RecentResiduals.degraded`).
 
 The figures at selection time are kept with each preset, so the report can print them
 next to test.
@@ -45,6 +48,25 @@ CHEAP_COST_SHARE = 0.6
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """The preset's plan for when `without` has degraded: the best the same search found
+    without that model, at its own threshold for the preset's goal."""
+
+    without: str
+    plan: Plan
+    threshold: float | None
+    selection: Point
+
+    def settings(self) -> dict[str, Any]:
+        stop = self.threshold is not None
+        return {
+            "stages": {k: [list(s) for s in v] for k, v in self.plan.items()},
+            "escalation_threshold": self.threshold if stop else 1.0,
+            "stop_early": stop,
+        }
+
+
+@dataclass(frozen=True)
 class Chosen:
     """A preset: its plan and threshold, and what it reached where it was chosen."""
 
@@ -56,11 +78,12 @@ class Chosen:
     train: Point
     validation: Point
     note: str = ""
+    fallbacks: tuple[Fallback, ...] = ()
 
     def settings(self, taxonomy_threshold: float) -> dict[str, Any]:
         """The run settings of this preset (what presets.json stores)."""
         stop = self.threshold is not None
-        return {
+        settings: dict[str, Any] = {
             "stages": {k: [list(s) for s in v] for k, v in self.plan.items()},
             "fusion": "vote",
             "judges": [],
@@ -69,6 +92,13 @@ class Chosen:
             "max_levels": MAX_LEVELS,
             "taxonomy_threshold": taxonomy_threshold,
         }
+        if self.fallbacks:
+            settings["fallback_plans"] = {f.without: f.settings() for f in self.fallbacks}
+        return settings
+
+
+def plan_models(plan: Plan) -> set[str]:
+    return {m for stages in plan.values() for stage in stages for m in stage}
 
 
 @dataclass
@@ -190,12 +220,26 @@ def fit_presets(
 
     chosen = []
     selection_goals = goals_for([*train, *validation], best_single)
-    for goal, plan in zip(selection_goals, chosen_plans.values(), strict=True):
+
+    def thresholds(plan: Plan) -> tuple[list[tuple[Point, Point]], list[Point]]:
         on_train = build(plan, train, model)
         on_val = build(plan, validation, model)
         grid = threshold_grid(np.concatenate([on_train.confidences(), on_val.confidences()]), 60)
         pairs = [(on_train.point(t), on_val.point(t)) for t in grid]
-        merged = [_merge(pair) for pair in pairs]
+        return pairs, [_merge(pair) for pair in pairs]
+
+    def fallback(goal: Goal, plan: Plan, without: str) -> Fallback | None:
+        """The screening's best plan for `goal` without `without`, at its threshold."""
+        ranked = sorted(scores[goal.name], reverse=True) or sorted(scores["max"], reverse=True)
+        other = next((plans[i] for _, i in ranked if without not in plan_models(plans[i])), None)
+        if other is None:
+            return None
+        _, merged = thresholds(other)
+        point = best_point(merged, goal) or max(merged, key=lambda p: (p.accuracy, -p.cost_per_1k))
+        return Fallback(without, other, point.threshold, point)
+
+    for goal, plan in zip(selection_goals, chosen_plans.values(), strict=True):
+        pairs, merged = thresholds(plan)
         note = ""
         point = best_point(merged, goal)
         if point is None and goal.name == "cheap":
@@ -210,8 +254,21 @@ def fit_presets(
             point = max(merged, key=lambda p: (p.accuracy, -p.cost_per_1k))
             note = "goal out of reach at selection: the most accurate point"
         at = merged.index(point)
+        fallbacks = tuple(
+            f for m in sorted(plan_models(plan)) if (f := fallback(goal, plan, m)) is not None
+        )
         chosen.append(
-            Chosen(goal.name, goal, plan, point.threshold, point, pairs[at][0], pairs[at][1], note)
+            Chosen(
+                goal.name,
+                goal,
+                plan,
+                point.threshold,
+                point,
+                pairs[at][0],
+                pairs[at][1],
+                note,
+                fallbacks,
+            )
         )
     search.seconds["thresholds"] = time.perf_counter() - started
     return model, chosen, search

@@ -32,6 +32,7 @@ class BeliefRows:
     """One row per judged answer: the run's belief, the memory's prediction, the label."""
 
     record_ids: list[str]
+    models: list[str]
     beliefs: np.ndarray
     memory: np.ndarray
     labels: np.ndarray
@@ -52,7 +53,7 @@ async def collect_beliefs(
             return output
 
     outputs = await asyncio.gather(*(one(r) for r in records))
-    ids, beliefs, memory, labels = [], [], [], []
+    ids, models, beliefs, memory, labels = [], [], [], [], []
     for record, output in zip(records, outputs, strict=True):
         returned = [e["data"] for e in output.get("trace", []) if e["event"] == "returned"]
         for believed in returned[-1]["beliefs"] if returned else []:
@@ -60,10 +61,11 @@ async def collect_beliefs(
             if outcome is None or believed["memory_p"] is None:
                 continue
             ids.append(record.id)
+            models.append(believed["model"])
             beliefs.append(float(believed["belief"]))
             memory.append(float(believed["memory_p"]))
             labels.append(float(outcome.score))
-    return BeliefRows(ids, np.asarray(beliefs), np.asarray(memory), np.asarray(labels))
+    return BeliefRows(ids, models, np.asarray(beliefs), np.asarray(memory), np.asarray(labels))
 
 
 def _logits(p: np.ndarray) -> np.ndarray:
@@ -103,6 +105,7 @@ def measure(rows: BeliefRows, context: Context, split: str) -> JudgedEvidence:
     brier_memory = _out_of_fold_brier(rows.memory, rows.labels, folds)
     skill = 1.0 - brier_belief / brier_memory if brier_memory > 0 else 0.0
     slope, intercept = _platt(rows.beliefs, rows.labels)
+    calibrated = _apply(rows.beliefs, slope, intercept)
     return JudgedEvidence(
         judging=judging_key(context),
         weight=float(min(1.0, max(0.0, skill))),
@@ -112,7 +115,21 @@ def measure(rows: BeliefRows, context: Context, split: str) -> JudgedEvidence:
         brier_memory=brier_memory,
         answers=n,
         split=split,
+        baseline={
+            "truth": _by_model(rows.models, rows.labels - rows.memory),
+            "judged": _by_model(rows.models, calibrated - rows.memory),
+        },
     )
+
+
+def _by_model(models: Sequence[str], residuals: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Per model with two residuals or more: their (mean, sd)."""
+    out = {}
+    for model in sorted(set(models)):
+        mine = residuals[np.asarray(models) == model]
+        if len(mine) > 1:
+            out[model] = (float(mine.mean()), float(mine.std()))
+    return out
 
 
 MOST_QUERIES = 1000  # a seeded sample bounds the measurement's time (one graph run each)
@@ -139,8 +156,7 @@ async def measure_router(
     sample = sorted(records, key=lambda r: fold_of(r.id, 1 << 30))[:MOST_QUERIES]
     rows = await collect_beliefs(make_graph(resources), sample, context, concurrency)
     evidence = measure(rows, context, split)
-    resources.judged = evidence
-    resources.memory.weigh_judged(evidence.weight)
+    resources.use_judged(evidence)
     return evidence
 
 

@@ -14,6 +14,7 @@ from emafusion.evals.readoff import read_off_row, router_row
 from emafusion.graph import Context, make_graph
 from emafusion.nodes.policy import PolicySettings
 from emafusion.nodes.resources import DeploymentSettings, RouterResources, load_router
+from emafusion.stores.judged import JudgedEvidence
 from emafusion.stores.recordings import RecordSet, load_dataset
 from emafusion.train.graph_runs import run_graph
 
@@ -96,6 +97,17 @@ def test_eval_end_to_end_on_a_slice_and_the_served_router_runs_its_default_prese
     decided = [e["data"] for e in result["trace"] if e["event"] == "decided"]
     assert {d["threshold"] for d in decided} == {default["escalation_threshold"]}
     assert result["escalation_path"][: len(first_stage)] == first_stage
+    # Each model of the plan has a fallback plan without it, chosen by the same search.
+    planned = {m for plan in default["stages"].values() for stage in plan for m in stage}
+    fallbacks = default["fallback_plans"]
+    assert set(fallbacks) == planned
+    for model, fallback in fallbacks.items():
+        named = {m for plan in fallback["stages"].values() for stage in plan for m in stage}
+        assert model not in named and 0.0 <= fallback["escalation_threshold"] <= 1.0
+    # And the router directory says what its judged outcomes are worth, for that preset.
+    judged = json.loads((router / "ROUTER.json").read_text())["judged"]
+    assert JudgedEvidence.from_json(judged).matches(Context(**default))  # type: ignore[union-attr]
+    assert results["judged_evidence"] == judged
 
 
 async def test_threshold_read_off_matches_the_graph(

@@ -13,6 +13,7 @@ import pytest
 from emafusion.graph import Context, make_graph
 from emafusion.nodes.feedback import submit_feedback
 from emafusion.stores.drift import DEFAULT_HALF_LIFE, RecentResiduals, choose_half_life
+from emafusion.stores.judged import JudgedEvidence, judging_key
 from emafusion.stores.recordings import RecordSet
 from tests import synthetic
 
@@ -85,28 +86,49 @@ def test_the_taxonomy_view_of_a_model_moves_with_its_offset(
     assert all(after[m] == before[m] for m in before if m != "mid")
 
 
-def test_a_model_is_degraded_only_on_strong_evidence_against_its_validation_residuals() -> None:
+def test_a_model_is_degraded_only_on_strong_evidence_against_its_plan_s_residuals() -> None:
     rng = np.random.default_rng(1)
-    recent = RecentResiduals(half_life=math.inf, baseline={"m": (0.05, 0.4)})
-    for r in rng.normal(0.05, 0.4, 2000):  # as on validation: never degraded
-        recent.observe("m", 0.8 + r, 0.8)
+    baseline = {"truth": {"m": (0.05, 0.4)}, "judged": {"m": (-0.1, 0.2)}}
+    recent = RecentResiduals(half_life=math.inf, baseline=baseline)
+    for r, j in zip(rng.normal(0.05, 0.4, 2000), rng.normal(-0.1, 0.2, 2000), strict=True):
+        recent.observe("m", 0.8 + r, 0.8)  # as in the plan's validation runs: never
+        recent.observe_judged("m", 0.8 + j, 0.8)
         assert not recent.degraded("m")
-    worse = RecentResiduals(half_life=50.0, baseline={"m": (0.05, 0.4)})
+    worse = RecentResiduals(half_life=50.0, baseline=baseline)
     looks = []
-    for r in rng.normal(-0.4, 0.4, 60):  # 45 points worse than on validation
+    for r in rng.normal(-0.4, 0.4, 60):  # 45 points worse than in validation
         worse.observe("m", 0.8 + r, 0.8)
         looks.append(worse.degraded("m"))
     assert looks[-1] and not looks[0]  # it takes some outcomes
     assert not worse.degraded("no baseline")
-    # Judged outcomes count at their weight: ten at 0.1 are one outcome, too few to speak.
-    judged = RecentResiduals(half_life=math.inf, baseline={"m": (0.0, 0.4)})
-    for _ in range(10):
-        judged.observe("m", 0.0, 0.9, weight=0.1)
-    assert not judged.degraded("m")
-    chosen = choose_half_life({"a": list(rng.normal(0.1, 0.3, 400))})
-    assert RecentResiduals.from_json(chosen).baseline["a"] == pytest.approx((0.1, 0.3), abs=0.05)
-    with pytest.raises(ValueError, match=r"'baseline' must map"):
-        RecentResiduals.from_json({"half_life": 50, "baseline": {"a": [0.1]}})
+    # Judged residuals are tested against the judged baseline: -0.1 is normal there.
+    judged = RecentResiduals(half_life=math.inf, baseline=baseline)
+    for j in rng.normal(-0.1, 0.2, 200):
+        judged.observe_judged("m", 0.8 + j, 0.8)
+    assert not judged.degraded("m") and judged.offset("m") == 0.0  # the offset reads truth
+    for _ in range(100):
+        judged.observe_judged("m", 0.3, 0.8)
+    assert judged.degraded("m")
+    # Feedback of runs on another plan moves the offset, not the test.
+    other = RecentResiduals(half_life=math.inf, baseline=baseline)
+    for _ in range(100):
+        other.observe("m", 0.0, 0.9, tested=False)
+    assert not other.degraded("m") and other.offset("m") < -0.5
+
+
+def _measured_for(context: Context, models: list[str]) -> JudgedEvidence:
+    """A measurement of `context`'s plan whose validation residuals were all near 0."""
+    return JudgedEvidence(
+        judging_key(context),
+        0.3,
+        1.0,
+        0.0,
+        0.18,
+        0.2,
+        500,
+        "validation",
+        baseline={"truth": {m: (0.0, 0.4) for m in models}},
+    )
 
 
 async def test_a_fixed_plan_leaves_a_degraded_model_out_and_says_so(
@@ -117,21 +139,60 @@ async def test_a_fixed_plan_leaves_a_degraded_model_out_and_says_so(
     record = synthetic_records.split("test")[0]
     context = Context(stages={"*": [["small", "mid"], ["large"]]}, record_outcomes=False)
 
-    async def classified() -> dict[str, Any]:
-        output = await graph.ainvoke(
-            {"query": record.query, "record_id": record.id}, context=context
-        )
+    async def classified(run: Context = context) -> dict[str, Any]:
+        output = await graph.ainvoke({"query": record.query, "record_id": record.id}, context=run)
         return next(e["data"] for e in output["trace"] if e["event"] == "classified")
 
-    assert (await classified())["candidates"] == ["small", "mid", "large"]
-    resources.drift.baseline = {"small": (0.0, 0.4)}
     for _ in range(40):
         resources.drift.observe("small", 0.0, 0.9)  # live answers far below validation's
+    assert (await classified())["candidates"] == ["small", "mid", "large"]  # never measured
+    resources.use_judged(_measured_for(context, ["small", "mid", "large"]))
     event = await classified()
     assert event["candidates"] == ["mid", "large"] and event["degraded"] == ["small"]
+    other_plan = context.replace(stages={"*": [["small"], ["large"]]})
+    assert (await classified(other_plan))["degraded"] == []  # measured for another plan
     for model in ("mid", "large"):  # all degraded: the plan is kept whole, not emptied
-        resources.drift.baseline = {**resources.drift.baseline, model: (0.0, 0.4)}
         for _ in range(40):
             resources.drift.observe(model, 0.0, 0.9)
     event = await classified()
     assert event["candidates"] == ["small", "mid", "large"] and event["degraded"] == []
+
+
+async def test_a_degraded_model_switches_the_run_to_its_fallback_plan_and_threshold(
+    synthetic_records: RecordSet,
+) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    resources = synthetic.make_resources(synthetic_records)
+    graph = make_graph(resources, checkpointer=InMemorySaver())
+    record = synthetic_records.split("test")[0]
+    fallback = {"stages": {"*": [["mid"], ["large"]]}, "escalation_threshold": 0.55}
+    context = Context(
+        stages={"*": [["small", "mid"], ["large"]]},
+        escalation_threshold=0.9,
+        fallback_plans={"small": fallback},
+        record_outcomes=False,
+    )
+    resources.use_judged(_measured_for(context, ["small", "mid", "large"]))
+    runs = iter(range(100))
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        config: Any = {"configurable": {"thread_id": f"t{next(runs)}"}}
+        output = await graph.ainvoke(
+            {"query": record.query, "record_id": record.id}, config=config, context=context
+        )
+        state = (await graph.aget_state(config)).values
+        return next(e["data"] for e in output["trace"] if e["event"] == "classified"), state
+
+    event, state = await run()
+    assert event["fallback_for"] is None and state["settings"]["escalation_threshold"] == 0.9
+    for _ in range(40):
+        resources.drift.observe("small", 0.0, 0.9)
+    event, state = await run()
+    assert event["fallback_for"] == "small" and event["candidates"] == ["mid", "large"]
+    assert state["settings"]["escalation_threshold"] == 0.55  # the whole run decides by it
+    for _ in range(40):  # the fallback's own model degraded too: no switch, small left out
+        resources.drift.observe("mid", 0.0, 0.9)
+    event, _ = await run()
+    assert event["fallback_for"] is None and event["candidates"] == ["large"]
+    assert event["degraded"] == ["mid", "small"]

@@ -62,7 +62,8 @@ def test_vote_believes_the_majority_and_doubts_the_dissenter() -> None:
 
 
 def _rows(beliefs: np.ndarray, memory: np.ndarray, labels: np.ndarray) -> BeliefRows:
-    return BeliefRows([f"q{i}" for i in range(len(labels))], beliefs, memory, labels)
+    ids = [f"q{i}" for i in range(len(labels))]
+    return BeliefRows(ids, ["m"] * len(labels), beliefs, memory, labels)
 
 
 def test_a_belief_that_knows_more_than_the_memory_earns_weight_and_a_copy_earns_none() -> None:
@@ -79,6 +80,10 @@ def test_a_belief_that_knows_more_than_the_memory_earns_weight_and_a_copy_earns_
     # A belief that reads the label is worth (nearly) a label.
     oracle = measure(_rows(labels * 0.98 + 0.01, memory, labels), Context(), "validation")
     assert oracle.weight > 0.9
+    # The drift test's baseline: each model's residuals in these runs, labels and beliefs.
+    mean, sd = informed.baseline["truth"]["m"]
+    assert mean == pytest.approx(float(np.mean(labels - memory))) and sd > 0
+    assert set(informed.baseline) == {"truth", "judged"}
 
 
 def test_too_few_answers_measure_nothing() -> None:
@@ -87,10 +92,25 @@ def test_too_few_answers_measure_nothing() -> None:
 
 
 def test_the_measurement_round_trips_and_a_damaged_one_is_a_clear_error() -> None:
-    evidence = JudgedEvidence(judging_key(Context()), 0.25, 1.5, -0.2, 0.18, 0.2, 500, "validation")
+    evidence = JudgedEvidence(
+        judging_key(Context()),
+        0.25,
+        1.5,
+        -0.2,
+        0.18,
+        0.2,
+        500,
+        "validation",
+        baseline={"truth": {"a": (0.1, 0.4)}, "judged": {"a": (-0.05, 0.2)}},
+    )
     assert JudgedEvidence.from_json(evidence.to_json()) == evidence
     assert JudgedEvidence.from_json(None) is None
-    for damaged in ({**evidence.to_json(), "weight": 1.5}, {"weight": 0.2}, [1]):
+    for damaged in (
+        {**evidence.to_json(), "weight": 1.5},
+        {**evidence.to_json(), "baseline": {"truth": {"a": [0.1]}}},
+        {"weight": 0.2},
+        [1],
+    ):
         with pytest.raises(ValueError, match="'judged'.*Fix: measure it again"):
             JudgedEvidence.from_json(damaged)
 

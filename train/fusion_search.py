@@ -228,7 +228,7 @@ def fit_presets(
         pairs = [(on_train.point(t), on_val.point(t)) for t in grid]
         return pairs, [_merge(pair) for pair in pairs]
 
-    def fallback(goal: Goal, plan: Plan, without: str) -> Fallback | None:
+    def fallback_without(goal: Goal, plan: Plan, without: str) -> Fallback | None:
         """The screening's best plan for `goal` without `without`, at its threshold."""
         ranked = sorted(scores[goal.name], reverse=True) or sorted(scores["max"], reverse=True)
         other = next((plans[i] for _, i in ranked if without not in plan_models(plans[i])), None)
@@ -255,7 +255,9 @@ def fit_presets(
             note = "goal out of reach at selection: the most accurate point"
         at = merged.index(point)
         fallbacks = tuple(
-            f for m in sorted(plan_models(plan)) if (f := fallback(goal, plan, m)) is not None
+            f
+            for m in sorted(plan_models(plan))
+            if (f := fallback_without(goal, plan, m)) is not None
         )
         chosen.append(
             Chosen(

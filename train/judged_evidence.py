@@ -9,10 +9,8 @@ rule) for the Brier score that sets the weight, then refitted on everything for 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from langgraph.graph.state import CompiledStateGraph
@@ -23,6 +21,7 @@ from emafusion.stores.judged import JudgedEvidence, judging_key
 from emafusion.stores.recordings import Record
 from emafusion.train.combiner import fit_logistic
 from emafusion.train.fusion_traces import fold_of
+from emafusion.train.graph_runs import run_graph
 
 MIN_ANSWERS = 20  # fewer labelled answers measure nothing: the weight stays 0
 
@@ -43,19 +42,10 @@ async def collect_beliefs(
 ) -> BeliefRows:
     """Every judged answer of the runs over `records` (recording off)."""
     quiet = context.replace(record_outcomes=False)
-    semaphore = asyncio.Semaphore(max(1, concurrency))
-
-    async def one(record: Record) -> dict[str, Any]:
-        async with semaphore:
-            output: dict[str, Any] = await graph.ainvoke(
-                {"query": record.query, "record_id": record.id}, context=quiet
-            )
-            return output
-
-    outputs = await asyncio.gather(*(one(r) for r in records))
+    results = await run_graph(graph, records, quiet, concurrency, keep_trace=True)
     ids, models, beliefs, memory, labels = [], [], [], [], []
-    for record, output in zip(records, outputs, strict=True):
-        returned = [e["data"] for e in output.get("trace", []) if e["event"] == "returned"]
+    for record, result in zip(records, results, strict=True):
+        returned = [e["data"] for e in result.trace if e["event"] == "returned"]
         for believed in returned[-1]["beliefs"] if returned else []:
             outcome = record.outcomes.get(believed["model"])
             if outcome is None or believed["memory_p"] is None:

@@ -8,6 +8,12 @@ over the k nearest stored queries i that hold an outcome of the model. ``w_i`` i
 similarity kernel (times the time decay, when on), and for a judged outcome also times
 ``MemorySettings.judged_weight``. Memories without judged outcomes take exactly the code
 path, and so the floating-point results, they took before judged outcomes were kept apart.
+
+Rows that hold only judged outcomes never take one of the k slots: the k neighbours are
+the nearest rows with ground truth, and judged-only rows among the k nearest of all rows
+add their evidence on top, at the judged weight. Judged evidence is so strictly additive:
+at a weight near 0 the estimate is the ground-truth one, not one that lost neighbours to
+rows that count for almost nothing.
 """
 
 from __future__ import annotations
@@ -105,7 +111,9 @@ def _predict_block(
 ) -> BatchPrediction:
     settings = est.settings
     with est.lock:
-        rows, sims = _search(est, queries, k, exclude_ids, _uncounted_rows(est))
+        rows, sims = _search(
+            est, queries, k, exclude_ids, _uncounted_rows(est), est.settings.judged_weight > 0
+        )
         cols = np.array([est.col_of.get(m, -1) for m in models], dtype=np.intp)
         scores, costs, stamps, judged = _gather(est, rows, cols)
         prior, prior_source, mean_cost = _priors(est, models, cols, categories)
@@ -168,9 +176,9 @@ def _predict_block(
 
 
 def _uncounted_rows(est: Estimator) -> np.ndarray | None:
-    """Rows holding only judged outcomes while judged ones count for nothing: they would
-    take neighbour slots from rows with evidence, so the search skips them. None: none."""
-    if not est.judged_active or est.settings.judged_weight > 0 or est.truth.score.size == 0:
+    """Rows holding only judged outcomes, which must not take neighbour slots from rows
+    with ground truth (see the module docstring). None: there are none."""
+    if not est.judged_active or est.truth.score.size == 0:
         return None
     uncounted = np.isnan(est.truth.score[: est.n]).all(axis=1)
     return uncounted if uncounted.any() else None
@@ -182,7 +190,11 @@ def _search(
     k: int,
     exclude_ids: list[str | None],
     uncounted: np.ndarray | None = None,
+    add_uncounted: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, k) nearest rows with ground truth and their similarities (-1 / 0 where
+    fewer exist); with ``add_uncounted``, k more columns holding the judged-only rows that
+    rank among the k nearest of all rows."""
     n_queries = len(queries)
     excluded_rows = np.array(
         [est.row_of.get(q, -1) if q is not None else -1 for q in exclude_ids],
@@ -192,33 +204,46 @@ def _search(
     if uncounted is not None:
         extra += int(uncounted.sum())
     wanted = min(k + extra, est.n)
+    width = 2 * k if uncounted is not None and add_uncounted else k
     if wanted == 0:
-        return np.full((n_queries, k), -1, dtype=np.int64), np.zeros((n_queries, k))
+        return np.full((n_queries, width), -1, dtype=np.int64), np.zeros((n_queries, width))
     if isinstance(est.index, faiss.IndexHNSW):
         est.index.hnsw.efSearch = max(est.settings.hnsw_ef_search, wanted)
     sims, rows = est.index.search(queries, wanted)
     rows = rows.astype(np.int64)
-    if uncounted is not None:
-        # Skipped rows sort last (order otherwise kept); the k best counted rows remain.
-        skip = (rows >= 0) & uncounted[np.where(rows >= 0, rows, 0)]
-        order = np.argsort(skip, axis=1, kind="stable")
-        rows = np.take_along_axis(rows, order, axis=1)
-        sims = np.take_along_axis(sims, order, axis=1)
-        rows[np.take_along_axis(skip, order, axis=1)] = -1
     if extra:
-        # Drop the excluded row, then keep the k best of what is left (order preserved).
-        hit = rows == excluded_rows[:, None]
-        order = np.argsort(hit, axis=1, kind="stable")
-        rows = np.take_along_axis(rows, order, axis=1)
-        sims = np.take_along_axis(sims, order, axis=1)
-        rows[np.take_along_axis(hit, order, axis=1)] = -1
-    rows, sims = rows[:, :k], sims[:, :k].astype(np.float64)
-    if rows.shape[1] < k:
-        pad = k - rows.shape[1]
-        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-        sims = np.pad(sims, ((0, 0), (0, pad)))
+        # Drop the excluded row (order otherwise kept).
+        rows, sims = _sort_last(rows, sims, rows == excluded_rows[:, None])
+    if uncounted is not None:
+        skip = (rows >= 0) & uncounted[np.where(rows >= 0, rows, 0)]
+        judged_rows = np.where(skip, rows, -1)[:, :k]
+        judged_sims = np.where(skip, sims, 0.0)[:, :k]
+        rows, sims = _sort_last(rows, sims, skip)
+        if add_uncounted:
+            rows = np.concatenate([_fit(rows, k, -1), judged_rows], axis=1)
+            sims = np.concatenate([_fit(sims, k, 0.0), judged_sims], axis=1)
+    rows, sims = _fit(rows, width, -1), _fit(sims, width, 0.0).astype(np.float64)
     sims[rows < 0] = 0.0
     return rows, sims
+
+
+def _sort_last(
+    rows: np.ndarray, sims: np.ndarray, drop: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows flagged in ``drop`` moved last and blanked (-1); the others keep their order."""
+    order = np.argsort(drop, axis=1, kind="stable")
+    rows = np.take_along_axis(rows, order, axis=1)
+    sims = np.take_along_axis(sims, order, axis=1)
+    rows[np.take_along_axis(drop, order, axis=1)] = -1
+    return rows, sims
+
+
+def _fit(values: np.ndarray, width: int, fill: float) -> np.ndarray:
+    """The first ``width`` columns, padded with ``fill`` when there are fewer."""
+    values = values[:, :width]
+    if values.shape[1] < width:
+        values = np.pad(values, ((0, 0), (0, width - values.shape[1])), constant_values=fill)
+    return values
 
 
 def _gather(

@@ -77,9 +77,12 @@ def test_predicted_category_never_overwrites_a_label(tmp_path: Path) -> None:
     assert mem.model_stats("code") == {}
 
 
-def _near_probe_memories(weight: float) -> tuple[OutcomeMemory, OutcomeMemory, np.ndarray]:
+def _near_probe_memories(
+    weight: float, **more: object
+) -> tuple[OutcomeMemory, OutcomeMemory, np.ndarray]:
     """Same ground truth; the second memory also holds judged outcomes near the probe."""
     settings = {"judged_weight": weight, "shrinkage": 1.0, "alpha": 1.0, "min_category_count": 1}
+    settings.update(more)
     plain, judged = memory(**settings), memory(**settings)
     for mem in (plain, judged):
         mem.add("t1", unit(E[0] + 0.5 * E[1]), [rec("a", 1.0, cost_usd=0.01)], category="x")
@@ -128,6 +131,28 @@ def test_judged_weight_above_zero_counts_judged_outcomes() -> None:
     assert stats.mean_score == pytest.approx(2.0 / 3.5)
     # Costs are measured, not judged: they count in full whatever the weight.
     assert stats.mean_cost_usd == pytest.approx((2 * 0.01 + 3 * 0.05) / 5)
+
+
+def test_judged_only_rows_never_take_a_ground_truth_neighbour_s_slot() -> None:
+    """At any weight the k neighbours with ground truth stay; judged-only rows nearer the
+    probe add to them, so the estimate moves continuously from the weight-0 one."""
+    k = 2
+    plain, judged, probe = _near_probe_memories(0.0, k=k)
+    for mem in (plain, judged):
+        mem.add("far", unit(E[0] + 2.0 * E[6]), [rec("a", 0.0)], category="x")  # 3rd truth row
+    base = plain.predict(probe, ["a"])["a"]
+    estimates = []
+    for weight in (1e-6, 0.3):
+        judged.weigh_judged(weight)
+        got = judged.predict(probe, ["a"])["a"]
+        pairs = zip(got.evidence.query_ids, got.evidence.judged, strict=True)
+        truth_ids = [q for q, is_judged in pairs if not is_judged]
+        assert sorted(truth_ids) == sorted(base.evidence.query_ids) == ["t1", "t2"]
+        assert (got.truth_count, got.judged_count) == (2, k)  # the judged rows nearest the probe
+        assert got.n_truth == pytest.approx(base.n_truth)
+        estimates.append(got.p_success)
+    assert estimates[0] == pytest.approx(base.p_success, abs=1e-5)
+    assert estimates[1] < base.p_success  # the judges said 0
 
 
 def test_predictions_follow_the_documented_formula() -> None:

@@ -166,7 +166,9 @@ class Context(BaseModel):
         ge=0.0,
         le=1.0,
         description="Share of queries on which a model with too little history (fewer "
-        "than `exploration_outcomes`) is tried at the top of the plan (0: never explore).",
+        "than `exploration_outcomes`) is tried at the top of the plan, and on which a fixed "
+        "plan keeps a model it dropped as degraded, to test whether it recovered (0: never "
+        "explore, never re-test).",
     )
     exploration_outcomes: int = Field(
         default=10,

@@ -129,6 +129,8 @@ class ClassifiedEvent(TypedDict):
     explored: str | None  # a model with too little history, tried at the top of the plan
     # Models a fixed plan left out: live evidence says they went worse (drift).
     degraded: list[str]
+    # Degraded models kept in this run's plan, on the share that tests whether they recovered.
+    retested: list[str]
     # The degraded model whose fallback plan (`Context.fallback_plans`) the run switched to.
     fallback_for: str | None
 

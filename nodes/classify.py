@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -20,7 +20,7 @@ from emafusion.graph.context import Context
 from emafusion.graph.state import Candidate, ClassifiedEvent, RouteMode, RouterState
 from emafusion.nodes import settings
 from emafusion.nodes.events import emit
-from emafusion.nodes.exploration import explore
+from emafusion.nodes.exploration import explore, seeded_unit
 from emafusion.nodes.planning import candidate, fixed_plan, list_price_estimate, plan_cascade
 from emafusion.nodes.resources import RouterResources
 from emafusion.nodes.validate import allowed_models, check_run
@@ -113,13 +113,23 @@ def suitable_options(
     return [options[m] for m in in_pool if accuracy[m] >= best - context.suitability_margin]
 
 
+class PlannedRoute(NamedTuple):
+    options: list[Candidate]
+    plan: list[Candidate]
+    degraded: list[str]  # left out of the plan (or switched away from)
+    retested: list[str]  # degraded, but kept in this run to test whether they recovered
+    settings: Context  # the preset's, or its fallback plan's
+
+
 def planned_options(
     resources: RouterResources, context: Context, category: str | None, query: str
-) -> tuple[list[Candidate], list[Candidate], list[str], Context]:
-    """(options, plan, degraded, settings) of a fixed plan (`Context.stages`): the
-    category's, else '*'. A model live evidence says went worse (`RecentResiduals.degraded`)
-    switches the run to the preset's fallback plan without it (the settings returned), where
-    there is one and none of its models degraded too; else it is left out of the plan."""
+) -> PlannedRoute:
+    """The route of a fixed plan (`Context.stages`): the category's, else '*'. A model live
+    evidence says went worse (`RecentResiduals.degraded`) switches the run to the preset's
+    fallback plan without it, where there is one and none of its models degraded too; else
+    it is left out of the plan. On a seeded `exploration_rate` share of queries the plan
+    runs whole instead: a dropped model keeps getting tested, so one that recovers returns
+    (at the cost of the measured plan on that share, no more)."""
     assert context.stages is not None
     stages = context.stages.get(category or "*") or context.stages["*"]
     allowed = set(allowed_models(context, resources))
@@ -128,6 +138,10 @@ def planned_options(
     # select other queries, so it is tested only as measured.
     tested = resources.judged is not None and resources.judged.matches(context)
     degraded = sorted(m for m in models if tested and resources.drift.degraded(m))
+    if degraded and seeded_unit("retest", query) < context.exploration_rate:
+        by_model = category_options(resources, category, query, models)
+        plan = fixed_plan(stages, by_model, context.budget_usd, frozenset())
+        return PlannedRoute(list(by_model.values()), plan, [], degraded, context)
     for model in degraded:
         fallback = (context.fallback_plans or {}).get(model)
         if fallback is None:
@@ -141,12 +155,13 @@ def planned_options(
             stop_early=fallback.stop_early,
             fallback_plans=None,
         )
-        switched_options, plan, _, _ = planned_options(resources, switched, category, query)
-        return switched_options, plan, [model], switched
+        route = planned_options(resources, switched, category, query)
+        return route._replace(degraded=[model], retested=[])
     by_model = category_options(resources, category, query, models)
     plan = fixed_plan(stages, by_model, context.budget_usd, frozenset(degraded))
     planned = {c["model"] for c in plan}
-    return list(by_model.values()), plan, [m for m in degraded if m not in planned], context
+    left_out = [m for m in degraded if m not in planned]
+    return PlannedRoute(list(by_model.values()), plan, left_out, [], context)
 
 
 async def classify(
@@ -170,10 +185,11 @@ async def classify(
     confident = confidence >= context.taxonomy_threshold
     mode: RouteMode
     degraded: list[str] = []
+    retested: list[str] = []
     fallback_for = None
     if context.stages is not None:
         preset_plan = context
-        options, candidates, degraded, context = planned_options(
+        options, candidates, degraded, retested, context = planned_options(
             resources, context, category if confident else None, query
         )
         fallback_for = degraded[0] if context is not preset_plan else None
@@ -213,6 +229,7 @@ async def classify(
             candidates=[c["model"] for c in candidates],
             explored=explored,
             degraded=degraded,
+            retested=retested,
             fallback_for=fallback_for,
         ),
     )

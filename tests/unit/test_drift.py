@@ -137,7 +137,9 @@ async def test_a_fixed_plan_leaves_a_degraded_model_out_and_says_so(
     resources = synthetic.make_resources(synthetic_records)
     graph = make_graph(resources)
     record = synthetic_records.split("test")[0]
-    context = Context(stages={"*": [["small", "mid"], ["large"]]}, record_outcomes=False)
+    context = Context(
+        stages={"*": [["small", "mid"], ["large"]]}, exploration_rate=0.0, record_outcomes=False
+    )  # no re-test share (see the next tests)
 
     async def classified(run: Context = context) -> dict[str, Any]:
         output = await graph.ainvoke({"query": record.query, "record_id": record.id}, context=run)
@@ -171,6 +173,7 @@ async def test_a_degraded_model_switches_the_run_to_its_fallback_plan_and_thresh
         stages={"*": [["small", "mid"], ["large"]]},
         escalation_threshold=0.9,
         fallback_plans={"small": fallback},
+        exploration_rate=0.0,
         record_outcomes=False,
     )
     resources.use_judged(_measured_for(context, ["small", "mid", "large"]))
@@ -196,3 +199,31 @@ async def test_a_degraded_model_switches_the_run_to_its_fallback_plan_and_thresh
     event, _ = await run()
     assert event["fallback_for"] is None and event["candidates"] == ["large"]
     assert event["degraded"] == ["mid", "small"]
+
+
+async def test_a_dropped_model_is_retested_on_the_exploration_share_and_returns_when_recovered(
+    synthetic_records: RecordSet,
+) -> None:
+    resources = synthetic.make_resources(synthetic_records)
+    graph = make_graph(resources)
+    record = synthetic_records.split("test")[0]
+    plan = Context(stages={"*": [["small", "mid"], ["large"]]}, record_outcomes=False)
+    resources.use_judged(_measured_for(plan, ["small", "mid", "large"]))
+
+    async def classified(rate: float) -> dict[str, Any]:
+        run = plan.replace(exploration_rate=rate)
+        output = await graph.ainvoke({"query": record.query, "record_id": record.id}, context=run)
+        return next(e["data"] for e in output["trace"] if e["event"] == "classified")
+
+    for _ in range(40):
+        resources.drift.observe("small", 0.0, 0.9)
+    dropped = await classified(0.0)  # no re-test share: left out
+    assert dropped["candidates"] == ["mid", "large"] and dropped["retested"] == []
+    kept = await classified(1.0)  # every query in the share: the measured plan runs whole
+    assert kept["candidates"] == ["small", "mid", "large"] and kept["retested"] == ["small"]
+    assert kept["degraded"] == []
+    for _ in range(2000):  # the re-tests' outcomes are as good as validation's again
+        resources.drift.observe("small", 0.9, 0.9)
+    back = await classified(0.0)
+    assert back["candidates"] == ["small", "mid", "large"] and back["degraded"] == []
+    assert back["retested"] == []

@@ -110,12 +110,15 @@ def make_resources(
     replay_records: RecordSet | None = None,
     router_dir: Path | None = None,
     replay: bool = True,
+    info: dict[str, object] | None = None,
 ) -> RouterResources:
     """Resources over synthetic recordings; `replay_records` (default: the same) answer
-    the replay models (`replay=False`: a live pool, no recordings)."""
+    the replay models (`replay=False`: a live pool, no recordings); `info`: ROUTER.json
+    entries set over the built ones (for example a damaged one)."""
     records = records or make_records()
     embedder = HashEmbedder()
     artifacts = make_artifacts(records, embedder)
+    artifacts.info.update(info or {})
     return RouterResources.create(
         pool or make_pool(),
         artifacts,

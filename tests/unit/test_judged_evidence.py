@@ -116,31 +116,16 @@ def test_the_measurement_round_trips_and_a_damaged_one_is_a_clear_error() -> Non
 
 
 def _resources_with(evidence: JudgedEvidence | None) -> RouterResources:
-    records = synthetic.make_records()
-    artifacts = synthetic.make_artifacts(records)
-    if evidence is not None:
-        artifacts.info["judged"] = evidence.to_json()
-    return RouterResources.create(
-        synthetic.make_pool(), artifacts, HashEmbedder(), synthetic.make_taxonomy(), records
-    )
+    info = {} if evidence is None else {"judged": evidence.to_json()}
+    return synthetic.make_resources(info=info)
 
 
 def test_the_router_directory_s_measurement_sets_the_memory_s_judged_weight() -> None:
     evidence = JudgedEvidence(judging_key(Context()), 0.3, 1.0, 0.0, 0.18, 0.2, 500, "validation")
     assert _resources_with(evidence).memory.settings.judged_weight == 0.3
     assert _resources_with(None).memory.settings.judged_weight == 0.0
-    records = synthetic.make_records()
-    artifacts = synthetic.make_artifacts(records)
-    artifacts.info["judged"] = {"weight": "much"}
     with pytest.raises(ArtifactsError, match="router/.*'judged'"):
-        RouterResources.create(
-            synthetic.make_pool(),
-            artifacts,
-            HashEmbedder(),
-            synthetic.make_taxonomy(),
-            records,
-            router_dir=Path("router"),
-        )
+        synthetic.make_resources(info={"judged": {"weight": "much"}}, router_dir=Path("router"))
 
 
 async def _recorded_score(

@@ -59,18 +59,7 @@ def test_the_rule_travels_in_the_manifest(tmp_path: Path) -> None:
 
 
 def test_a_router_with_a_damaged_rule_is_refused_naming_its_manifest(tmp_path: Path) -> None:
-    from emafusion.nodes.resources import RouterResources
     from emafusion.stores.artifacts import ArtifactsError
 
-    records = synthetic.make_records()
-    artifacts = synthetic.make_artifacts(records, HashEmbedder())
-    artifacts.info["novelty"] = {"min_similarity": "low"}
     with pytest.raises(ArtifactsError, match=rf"{tmp_path}/ROUTER.json: 'novelty'"):
-        RouterResources.create(
-            synthetic.make_pool(),
-            artifacts,
-            HashEmbedder(),
-            synthetic.make_taxonomy(),
-            records,
-            router_dir=tmp_path,
-        )
+        synthetic.make_resources(info={"novelty": {"min_similarity": "low"}}, router_dir=tmp_path)

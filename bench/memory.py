@@ -5,7 +5,10 @@ Measures
   * kNN search latency (one query per call, p50/p99) at each size, exact ``IndexFlatIP``
     versus HNSW at several ``efSearch`` values, with HNSW recall@k against the exact result
     of the same run, plus build time, serialized index bytes and process RSS growth;
-  * `OutcomeMemory`: time to add one record, to update a stored query, and to predict.
+  * `OutcomeMemory`: time to add one record, to update a stored query, and to predict;
+  * prediction when half the stored queries hold only judged outcomes (a router recording
+    its own traffic): the search widens until it has k rows with ground truth, against the
+    previous rule (fetch k plus every judged-only row) as a raw FAISS search in the same run.
 
 Vectors are synthetic 384-d, unit length, float32, from a fixed seed. By default they are
 clustered (queries come in topics, like real embeddings: a point's cosine to its cluster
@@ -312,6 +315,50 @@ def bench_outcome_memory(size: int, data_source: Data, args: argparse.Namespace)
     return rows
 
 
+def bench_judged_rows(size: int, data_source: Data, args: argparse.Namespace) -> list[list[str]]:
+    """Half of `size` stored queries with ground truth, half judged only (flat index)."""
+    models = [f"model-{j}" for j in range(8)]
+    half = size // 2
+    vectors = data_source.draw(size + args.adds, stream=4)
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for weight in (0.0, 0.3):
+        settings = MemorySettings(k=args.k, judged_weight=weight)
+        memory = OutcomeMemory(DIM, "bench-embedder", settings)
+        truth = [
+            [OutcomeRecord(model=m, score=float(rng.random()), source="recording", timestamp=1e9)
+             for m in models]
+            for _ in range(half)
+        ]  # fmt: skip
+        judged = [
+            [OutcomeRecord(model=models[i % 8], score=1.0, source="live_judged", timestamp=1e9)]
+            for i in range(size - half)
+        ]  # fmt: skip
+        ids = [f"q{i}" for i in range(size)]
+        memory.add_many(ids, vectors[:size], truth + judged)
+        memory.predict(vectors[size], models)  # settle the lazily recomputed statistics
+
+        def predict(i: int, memory: OutcomeMemory = memory) -> None:
+            memory.predict(vectors[size + i], models)
+
+        rows.append(
+            [f"flat @ {size:,}, half judged-only", f"predict, judged weight {weight}"]
+            + [ms(percentile(v, q)) for v in [time_calls(predict, args.adds)] for q in (50, 99)]
+        )
+    index = faiss.IndexFlatIP(DIM)
+    index.add(vectors[:size])
+
+    def fetch_all(i: int) -> None:
+        index.search(vectors[size + i : size + i + 1], args.k + size - half)
+
+    values = time_calls(fetch_all, args.adds)
+    rows.append(
+        [f"flat @ {size:,}, half judged-only", "baseline: search k + every judged-only row"]
+        + [ms(percentile(values, 50)), ms(percentile(values, 99))]
+    )
+    return rows
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -341,6 +388,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="stored queries for the OutcomeMemory timings",
     )
     parser.add_argument("--adds", type=int, default=200, help="timed OutcomeMemory calls")
+    parser.add_argument(
+        "--judged-size",
+        type=int,
+        default=200_000,
+        help="stored queries (half judged only) for the judged-rows timings",
+    )
     parser.add_argument("--no-embed", action="store_true", help="skip the MiniLM timings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -355,6 +408,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.queries = min(args.queries, 50)
         args.memory_size = min(args.memory_size, 2_000)
         args.adds = min(args.adds, 50)
+        args.judged_size = min(args.judged_size, 20_000)
     return args
 
 
@@ -392,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     rows = bench_outcome_memory(args.memory_size, data_source, args)
     print_table("OutcomeMemory (8 models, one outcome per call)",
+                ["memory", "operation", "p50 ms", "p99 ms"], rows)  # fmt: skip
+    rows = bench_judged_rows(args.judged_size, data_source, args)
+    print_table("Prediction over judged-only rows (8 models)",
                 ["memory", "operation", "p50 ms", "p99 ms"], rows)  # fmt: skip
     print(f"\ntotal wall time {time.perf_counter() - started:.0f}s")
 

@@ -31,6 +31,17 @@ def test_defaults_validate_and_round_trip_as_json() -> None:
         ("judges", ("memory_prior", "memory_prior"), "twice"),
         ("judge_weights", {"a": -1.0}, "finite number >= 0"),
         ("combiner", "magic", "'static' or 'learned'"),
+        ("stages", {"math": [["a"]]}, "needs a '*' plan"),
+        ("stages", {"*": [["a"], []]}, "empty stage"),
+        ("stages", {"*": [["a"], ["a"]]}, "calls a model twice"),
+        ("fallback_plans", {"a": {"stages": {"*": [[]]}, "escalation_threshold": 0.5}}, "empty"),
+        ("fallback_plans", {"a": {"stages": {"*": [["b"]]}}}, "escalation_threshold"),
+        (
+            "fallback_plans",
+            {"a": {"stages": {"*": [["b"]]}, "escalation_threshold": 2.0}},
+            "less than or equal to 1",
+        ),
+        ("fallback_plans", {"a": {"stages": {"*": [["b"]]}, "threshold": 0.5}}, "threshold"),
     ],
 )
 def test_bad_settings_name_the_field(field: str, value: object, message: str) -> None:

@@ -168,8 +168,10 @@ def loo_memory_success(
                 continue
             whole = overall.get(model)
             count = (whole.count if whole else 0) - 1
+            # The memory's global prior without this query: shrunk toward the default.
             base = (
-                (whole.mean_score * whole.count - own.score) / count
+                (whole.mean_score * whole.count - own.score + shrinkage * default(model))
+                / (count + shrinkage)
                 if whole is not None and count > 0
                 else default(model)
             )

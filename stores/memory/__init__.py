@@ -11,8 +11,11 @@ the outcomes of the nearest stored queries, shrunk toward a prior:
 
 ``w_i`` is a non-negative kernel of the similarity (optionally times a time decay), ``m`` the
 shrinkage strength, and ``prior`` the model's mean score in the query's category (when that
-category has enough records for the model), else its global mean, else a declared prior
-(``MemorySettings.model_priors``), else ``MemorySettings.default_prior``. An exploration bonus
+category has enough records for the model), else its global mean shrunk toward its base
+prior by the same ``m`` pseudo-outcomes, ``(sum_j s_j + m * base) / (n + m)`` (a model with one
+lucky answer is not taken for one that is always right), where ``base`` is a declared prior
+(``MemorySettings.model_priors``), else ``MemorySettings.default_prior``; with no outcome of
+the model at all, the prior is ``base``. An exploration bonus
 ``c / sqrt(1 + sum_i w_i)`` is reported next to ``p`` (and folded into ``ucb``), never into it.
 Time decay (``half_life_s``) scales the neighbour weights only; priors are plain means, kept as
 running totals so neither `add` nor `predict` ever rescans the whole memory.

@@ -315,14 +315,18 @@ def _priors(
         cost_sum = cost_sum + est.total_sum[JUDGED, COST]
 
     count = per_model(score_count[0])
-    global_mean = safe_mean(per_model(score_sum[0]), count)
     mean_cost = safe_mean(per_model(cost_sum[0]), per_model(cost_count[0]))
 
     base = np.where(~np.isnan(declared), declared, settings.default_prior)
     base_source = np.where(
         ~np.isnan(declared), PRIOR_SOURCES.index("declared"), PRIOR_SOURCES.index("default")
     )
-    base = np.where(count > 0, global_mean, base)
+    # A handful of outcomes is weak evidence of a model's mean: shrunk toward its base prior
+    # by the same pseudo-count as the neighbour estimate (one lucky answer is not p = 1).
+    m = settings.shrinkage
+    den = count + m
+    shrunk = np.divide(per_model(score_sum[0]) + m * base, den, out=base.copy(), where=den > 0)
+    base = np.where(count > 0, shrunk, base)
     base_source = np.where(count > 0, PRIOR_SOURCES.index("global"), base_source)
 
     groups = np.array(

@@ -181,10 +181,12 @@ class MemorySettings:
     Neighbour weights: ``weighting="power"`` uses ``max(sim, 0) ** alpha``, ``"exp"`` uses
     ``exp((sim - 1) / temperature)``; neighbours below ``min_similarity`` weigh nothing.
     ``half_life_s`` (None = off) multiplies each outcome's weight by
-    ``0.5 ** (age / half_life_s)``. ``shrinkage`` is ``m``, the prior's pseudo-count.
+    ``0.5 ** (age / half_life_s)``. ``shrinkage`` is ``m``, the prior's pseudo-count
+    (in the neighbour estimate, and in the global mean's shrinkage toward the base prior).
     A category prior needs ``min_category_count`` records of the model in that category.
     ``model_priors`` declares priors for models (e.g. from price tier or benchmarks), used
-    when the memory has no record of them; others start at ``default_prior``.
+    when the memory has no record of them and as what their first records are shrunk
+    toward; others start at ``default_prior``.
     ``exploration`` is ``c`` in the bonus ``c / sqrt(1 + n_eff)``.
     ``judged_weight`` is how much a judged outcome counts next to a ground-truth one (1.0)
     in neighbour estimates and priors. It is 0 by default: judged outcomes are stored but

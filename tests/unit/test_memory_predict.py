@@ -60,6 +60,19 @@ def test_prior_wins_without_neighbours() -> None:
     assert pred.expected_cost_usd == pytest.approx(0.03)  # the model's mean cost
 
 
+def test_a_few_outcomes_move_the_global_prior_only_as_far_as_they_weigh() -> None:
+    """One lucky answer is not a model that is always right: the global mean is shrunk
+    toward the declared (else default) prior by `shrinkage` pseudo-outcomes."""
+    mem = memory(shrinkage=2.0, model_priors={"declared": 0.8})
+    mem.add("x", E[0], [rec("new", 1.0), rec("declared", 0.0)])
+    preds = mem.predict(E[7], ["new", "declared"])
+    assert preds["new"].prior == pytest.approx((1.0 + 2 * 0.5) / 3)
+    assert preds["declared"].prior == pytest.approx((0.0 + 2 * 0.8) / 3)
+    for i in range(2000):
+        mem.add(f"q{i}", unit(E[1] + 0.01 * E[2 + i % 5]), [rec("new", 1.0)])
+    assert mem.predict(E[7], ["new"])["new"].prior == pytest.approx(1.0, abs=1e-3)
+
+
 def test_category_prior_used_when_it_has_enough_records() -> None:
     mem = memory(min_category_count=3)
     for i in range(3):
@@ -72,7 +85,8 @@ def test_category_prior_used_when_it_has_enough_records() -> None:
     unknown_pred = mem.predict(probe, ["a"], category="law")["a"]
     assert (math_pred.prior_source, math_pred.p_success) == ("category", 1.0)
     assert code_pred.prior_source == "global"  # only 2 < 3 records in "code"
-    assert code_pred.p_success == pytest.approx(0.6)
+    # 3 of 5 right, shrunk toward the default prior 0.5 by shrinkage=2 pseudo-outcomes.
+    assert code_pred.p_success == pytest.approx((3 + 2 * 0.5) / (5 + 2))
     assert unknown_pred.prior_source == "global"
 
 

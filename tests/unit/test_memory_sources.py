@@ -125,8 +125,9 @@ def test_judged_weight_above_zero_counts_judged_outcomes() -> None:
     assert sum(judged_w) == pytest.approx(weight * after.n_judged)
     expected = (after.n_truth * 1.0 + after.prior * 1.0) / (after.n_eff + 1.0)
     assert after.p_success == pytest.approx(expected)
-    # The prior counts the judged outcomes at the same weight: (2 * 1 + 0.5 * 3 * 0) / 3.5.
-    assert after.prior == pytest.approx(2.0 / (2 + weight * 3))
+    # The prior counts the judged outcomes at the same weight, (2 * 1 + 0.5 * 3 * 0) of 3.5,
+    # shrunk toward the default prior 0.5 by shrinkage=1 pseudo-outcome.
+    assert after.prior == pytest.approx((2.0 + 0.5) / (2 + weight * 3 + 1))
     stats = judged.model_stats()["a"]
     assert stats.mean_score == pytest.approx(2.0 / 3.5)
     # Costs are measured, not judged: they count in full whatever the weight.
@@ -183,7 +184,8 @@ def test_predictions_follow_the_documented_formula() -> None:
             if probe_cats[b] is not None and len(in_cat) >= 4:
                 prior = float(np.mean(column[in_cat]))
             else:
-                prior = float(np.nanmean(column))
+                known = column[~np.isnan(column)]
+                prior = float((known.sum() + 1.5 * 0.5) / (len(known) + 1.5))  # shrunk to 0.5
             w = np.array(
                 [max(sims[i], 0.0) ** 2 if not np.isnan(column[i]) else 0 for i in nearest]
             )

@@ -20,7 +20,9 @@ validation residuals' spread over the effective number of recent outcomes). The 
 is the plan's own (`JudgedEvidence.baseline`): a model a plan calls only on hard queries
 has residuals below the memory's everywhere-average, which is no drift. Ground-truth and
 judged residuals (beliefs, `emafusion.stores.judged`) are tested apart, each against its
-own baseline; only runs on the plan the baseline was measured for feed the test.
+own baseline; only runs on the plan the baseline was measured for feed the test. "Recent"
+is the offset's half-life, capped at `MAX_TEST_HALF_LIFE` outcomes, so the test forgets: a
+dropped model keeps being tried on a small share of queries, and one that recovered clears.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ DEFAULT_HALF_LIFE = 200.0  # routers built before the choice was made
 # drops a model: conventional, not fitted; the plan changes only on strong evidence.
 DEGRADED_Z = 3.0
 MIN_DEGRADED_OUTCOMES = 10.0  # effective recent outcomes before the test may speak
+# The test reads at most this recent a window (a half-life in the model's outcomes) even when
+# the offset's chosen half-life is longer or infinite: a test that never forgets would keep a
+# model that recovered dropped until its good outcomes outnumbered a lifetime of bad ones.
+MAX_TEST_HALF_LIFE = 200.0
 
 
 @dataclass
@@ -74,6 +80,10 @@ class RecentResiduals:
     def _keep(self) -> float:
         return 1.0 if math.isinf(self.half_life) else 0.5 ** (1.0 / self.half_life)
 
+    @property
+    def _test_keep(self) -> float:
+        return 0.5 ** (1.0 / min(self.half_life, MAX_TEST_HALF_LIFE))
+
     def observe(self, model: str, score: float, predicted: float, tested: bool = True) -> None:
         """One ground-truth outcome of `model` where the memory predicted `predicted`;
         `tested`: the run was on the plan the degradation test's baseline is for."""
@@ -81,14 +91,14 @@ class RecentResiduals:
         with self._lock:
             self._sums.setdefault(model, _Sums()).add(residual, self._keep)
             if tested:
-                self._tested.setdefault(("truth", model), _Sums()).add(residual, self._keep)
+                self._tested.setdefault(("truth", model), _Sums()).add(residual, self._test_keep)
 
     def observe_judged(self, model: str, belief: float, predicted: float) -> None:
         """One judged outcome (a calibrated belief) of a run on the tested plan: the test
         reads it, the offset does not."""
         with self._lock:
             sums = self._tested.setdefault(("judged", model), _Sums())
-            sums.add(float(belief) - float(predicted), self._keep)
+            sums.add(float(belief) - float(predicted), self._test_keep)
 
     def offset(self, model: str) -> float:
         with self._lock:

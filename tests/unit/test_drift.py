@@ -12,7 +12,12 @@ import pytest
 
 from emafusion.graph import Context, make_graph
 from emafusion.nodes.feedback import submit_feedback
-from emafusion.stores.drift import DEFAULT_HALF_LIFE, RecentResiduals, choose_half_life
+from emafusion.stores.drift import (
+    DEFAULT_HALF_LIFE,
+    MAX_TEST_HALF_LIFE,
+    RecentResiduals,
+    choose_half_life,
+)
 from emafusion.stores.judged import JudgedEvidence, judging_key
 from emafusion.stores.recordings import RecordSet
 from tests import synthetic
@@ -114,6 +119,25 @@ def test_a_model_is_degraded_only_on_strong_evidence_against_its_plan_s_residual
     for _ in range(100):
         other.observe("m", 0.0, 0.9, tested=False)
     assert not other.degraded("m") and other.offset("m") < -0.5
+
+
+def test_the_degradation_test_forgets_so_a_recovered_model_clears() -> None:
+    """Even where the offset never forgets (half-life inf), the test reads a recent window."""
+    baseline = {"truth": {"m": (0.0, 0.4)}}
+    recent = RecentResiduals(half_life=math.inf, baseline=baseline)
+    for _ in range(300):
+        recent.observe("m", 0.0, 0.9)  # a long bad spell
+    assert recent.degraded("m")
+    rng = np.random.default_rng(2)
+    cleared = None
+    for i, r in enumerate(rng.normal(0.0, 0.4, 3000)):  # as good as in validation again
+        recent.observe("m", 0.5 + r, 0.5)
+        if not recent.degraded("m"):
+            cleared = i
+            break
+    # Within a few test half-lives, not the thousands of outcomes a lifetime mean needs.
+    assert cleared is not None and cleared < 4 * MAX_TEST_HALF_LIFE
+    assert recent.offset("m") < -0.05  # the offset itself still remembers the bad spell
 
 
 def _measured_for(context: Context, models: list[str]) -> JudgedEvidence:

@@ -74,6 +74,9 @@ class Estimator:
         self.n = 0
         self.row_label = np.full(0, -1, dtype=np.int32)
         self.row_predicted = np.full(0, -1, dtype=np.int32)
+        # Ground-truth cells per row, kept as outcomes arrive: predictions skip rows with
+        # none (judged only) without rescanning the whole table on every query.
+        self.row_truth = np.zeros(0, dtype=np.int32)
         self.truth = OutcomeTable()
         self.judged = OutcomeTable()
         # The judged table is allocated on the first judged outcome: a memory of recordings
@@ -272,6 +275,8 @@ class Estimator:
                 if new_rank == old_rank and table.time[row, col] > record.timestamp:
                     return  # an older outcome (e.g. a replayed recording) must not win
             changes_effective = True
+            if not table.has(row, col):
+                self.row_truth[row] += 1
         else:
             self._activate_judged()
             table = self.judged
@@ -348,6 +353,17 @@ class Estimator:
                 new = np.full(capacity, -1, dtype=np.int32)
                 new[: old.shape[0]] = old
                 setattr(self, name, new)
+        if capacity > self.row_truth.shape[0]:
+            counts = np.zeros(capacity, dtype=np.int32)
+            counts[: self.row_truth.shape[0]] = self.row_truth
+            self.row_truth = counts
+
+    def recount_row_truth(self) -> None:
+        """`row_truth` from the ground-truth table (after a snapshot loads it whole)."""
+        n, m = self.n, len(self.models)
+        counts = np.zeros(max(self.truth.capacity[0], n), dtype=np.int32)
+        counts[:n] = (~np.isnan(self.truth.score[:n, :m])).sum(axis=1)
+        self.row_truth = counts
 
     def _reserve_totals(self, groups: int, cols: int) -> None:
         _, _, cap_groups, cap_cols = self.total_count.shape

@@ -180,7 +180,7 @@ def _uncounted_rows(est: Estimator) -> np.ndarray | None:
     with ground truth (see the module docstring). None: there are none."""
     if not est.judged_active or est.truth.score.size == 0:
         return None
-    uncounted = np.isnan(est.truth.score[: est.n]).all(axis=1)
+    uncounted = est.row_truth[: est.n] == 0
     return uncounted if uncounted.any() else None
 
 

@@ -123,6 +123,7 @@ def decode(
         est.row_label = data["row_label"].astype(np.int32)
         est.row_predicted = data["row_predicted"].astype(np.int32)
         est.truth.load_block({k: data[f"truth_{k}"] for k in FIELDS})
+        est.recount_row_truth()
         if "judged_score" in data:
             est.judged.load_block({k: data[f"judged_{k}"] for k in FIELDS})
             est.judged_active = True

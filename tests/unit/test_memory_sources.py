@@ -134,7 +134,7 @@ def test_judged_weight_above_zero_counts_judged_outcomes() -> None:
     assert stats.mean_cost_usd == pytest.approx((2 * 0.01 + 3 * 0.05) / 5)
 
 
-def test_judged_only_rows_never_take_a_ground_truth_neighbour_s_slot() -> None:
+def test_judged_only_rows_never_take_a_ground_truth_neighbour_s_slot(tmp_path: Path) -> None:
     """At any weight the k neighbours with ground truth stay; judged-only rows nearer the
     probe add to them, so the estimate moves continuously from the weight-0 one."""
     k = 2
@@ -154,6 +154,13 @@ def test_judged_only_rows_never_take_a_ground_truth_neighbour_s_slot() -> None:
         estimates.append(got.p_success)
     assert estimates[0] == pytest.approx(base.p_success, abs=1e-5)
     assert estimates[1] < base.p_success  # the judges said 0
+    loaded = _round_trip(judged, tmp_path)  # which rows hold ground truth survives a load
+    loaded.weigh_judged(0.3)
+    assert loaded.predict(probe, ["a"])["a"] == judged.predict(probe, ["a"])["a"]
+    judged.add("j0", None, [rec("a", 1.0)])  # ground truth arrives for a judged-only row
+    evidence = judged.predict(probe, ["a"])["a"].evidence
+    now_truth = [q for q, j in zip(evidence.query_ids, evidence.judged, strict=True) if not j]
+    assert "j0" in now_truth and len(now_truth) == k  # it takes a ground-truth slot now
 
 
 def test_predictions_follow_the_documented_formula() -> None:

@@ -138,11 +138,8 @@ def planned_options(
     # select other queries, so it is tested only as measured.
     tested = resources.judged is not None and resources.judged.matches(context)
     degraded = sorted(m for m in models if tested and resources.drift.degraded(m))
-    if degraded and seeded_unit("retest", query) < context.exploration_rate:
-        by_model = category_options(resources, category, query, models)
-        plan = fixed_plan(stages, by_model, context.budget_usd, frozenset())
-        return PlannedRoute(list(by_model.values()), plan, [], degraded, context)
-    for model in degraded:
+    retest = bool(degraded) and seeded_unit("retest", query) < context.exploration_rate
+    for model in [] if retest else degraded:
         fallback = (context.fallback_plans or {}).get(model)
         if fallback is None:
             continue
@@ -158,6 +155,9 @@ def planned_options(
         route = planned_options(resources, switched, category, query)
         return route._replace(degraded=[model], retested=[])
     by_model = category_options(resources, category, query, models)
+    if retest:
+        plan = fixed_plan(stages, by_model, context.budget_usd)
+        return PlannedRoute(list(by_model.values()), plan, [], degraded, context)
     plan = fixed_plan(stages, by_model, context.budget_usd, frozenset(degraded))
     planned = {c["model"] for c in plan}
     left_out = [m for m in degraded if m not in planned]

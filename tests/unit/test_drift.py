@@ -155,6 +155,12 @@ def _measured_for(context: Context, models: list[str]) -> JudgedEvidence:
     )
 
 
+async def _classified_event(graph: Any, record: Any, context: Context) -> dict[str, Any]:
+    """The `classified` event of one run of `record` under `context`."""
+    output = await graph.ainvoke({"query": record.query, "record_id": record.id}, context=context)
+    return next(e["data"] for e in output["trace"] if e["event"] == "classified")
+
+
 async def test_a_fixed_plan_leaves_a_degraded_model_out_and_says_so(
     synthetic_records: RecordSet,
 ) -> None:
@@ -166,8 +172,7 @@ async def test_a_fixed_plan_leaves_a_degraded_model_out_and_says_so(
     )  # no re-test share (see the next tests)
 
     async def classified(run: Context = context) -> dict[str, Any]:
-        output = await graph.ainvoke({"query": record.query, "record_id": record.id}, context=run)
-        return next(e["data"] for e in output["trace"] if e["event"] == "classified")
+        return await _classified_event(graph, record, run)
 
     for _ in range(40):
         resources.drift.observe("small", 0.0, 0.9)  # live answers far below validation's
@@ -235,9 +240,7 @@ async def test_a_dropped_model_is_retested_on_the_exploration_share_and_returns_
     resources.use_judged(_measured_for(plan, ["small", "mid", "large"]))
 
     async def classified(rate: float) -> dict[str, Any]:
-        run = plan.replace(exploration_rate=rate)
-        output = await graph.ainvoke({"query": record.query, "record_id": record.id}, context=run)
-        return next(e["data"] for e in output["trace"] if e["event"] == "classified")
+        return await _classified_event(graph, record, plan.replace(exploration_rate=rate))
 
     for _ in range(40):
         resources.drift.observe("small", 0.0, 0.9)
